@@ -1,0 +1,426 @@
+//! `commit_message`: one transaction from spool entry to contact, ticket, message and
+//! attachments.
+//!
+//! Everything expensive (encryption of the message and of new blobs, making a new person key)
+//! happens before the transaction, because sled 0.34 runs transactions one at a time. The
+//! transaction re-checks what the plan assumed (the spool entry, the contact, existing blobs)
+//! and asks for a new plan when something changed meanwhile.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use mailroom_spool::SpoolId;
+use sha2::{Digest, Sha256};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use crate::crypto::{self, KeyBytes, KeyRef};
+use crate::keys::now_secs;
+use crate::model::{
+    normalize_address, AttachmentTags, CommitOutcome, Delivery, MessageKey, MessageRef,
+    ThreadDecision, TicketId, TicketStatus,
+};
+use crate::records::{
+    be, be2, encode, frame, from_be, meta_key, redact, stored_flags, tree, unframe, AttachmentMeta,
+    AttachmentSecret, BlobMeta, ContactMeta, ContactSecret, MessageMeta, MessageSecret, TicketMeta,
+    TicketSecret,
+};
+use crate::{Result, Store, StoreError};
+
+/// How often a commit re-plans after the contact or a blob changed under it.
+const MAX_PLANS: usize = 8;
+
+/// Why a commit transaction aborted.
+enum Abort {
+    Store(StoreError),
+    /// The plan no longer matches the database: plan again.
+    Replan,
+}
+
+type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Abort>>;
+
+fn fail(e: StoreError) -> ConflictableTransactionError<Abort> {
+    ConflictableTransactionError::Abort(Abort::Store(e))
+}
+
+fn replan<T>() -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(Abort::Replan))
+}
+
+struct PreparedAttachment {
+    /// Record key: message id ++ index.
+    key: [u8; 12],
+    blob: [u8; 32],
+    size: u64,
+    retention_class: String,
+    sealed: Vec<u8>,
+}
+
+struct Plan {
+    contact: u64,
+    /// A new contact (and key file) was made for this plan.
+    new_contact: bool,
+    key: Arc<KeyBytes>,
+    contact_hash: [u8; 32],
+    /// The framed contact record, for a new contact.
+    contact_value: Option<Vec<u8>>,
+    /// The contact id the address was indexed under when planned (for a new contact: an
+    /// erased one whose index entry it replaces).
+    indexed_as: Option<u64>,
+    message: u64,
+    message_sealed: Vec<u8>,
+    message_meta: MessageMeta,
+    msgid_key: Option<[u8; 32]>,
+    attachments: Vec<PreparedAttachment>,
+    /// New blobs (not in the store when planned), framed and sealed, by key.
+    new_blobs: Vec<([u8; 32], Vec<u8>)>,
+    /// Blobs that existed when planned.
+    old_blobs: HashSet<[u8; 32]>,
+    received_at: u64,
+    flagged: bool,
+}
+
+impl Store {
+    fn plan(&self, spool_id: SpoolId, d: &Delivery, address: &str) -> Result<Plan> {
+        let t = &self.inner.t;
+        let contact_hash = self.contact_hash(address);
+        let now = now_secs();
+        let existing = match t.contact_idx.get(contact_hash)? {
+            Some(id) => Some(from_be(&id)?),
+            None => None,
+        };
+        let existing_key = match existing {
+            Some(id) => match self.inner.keys.key(KeyRef::Person(id)) {
+                Ok(key) => Some((id, key)),
+                // That person was erased (key destroyed): the address starts a new contact.
+                Err(StoreError::KeyMissing(_)) => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        let (contact, new_contact, key, contact_value) = match existing_key {
+            Some((id, key)) => (id, false, key, None),
+            None => {
+                let id = self.inner.db.generate_id()?;
+                let key = self.inner.keys.create_person_key(id)?;
+                let secret = ContactSecret {
+                    address: address.to_string(),
+                    name: d.from.name.clone(),
+                };
+                let sealed = crypto::seal(
+                    &key,
+                    KeyRef::Person(id),
+                    tree::CONTACTS,
+                    &be(id),
+                    &frame(&secret, &[])?,
+                )?;
+                let value = frame(&ContactMeta { created_at: now }, &sealed)?;
+                (id, true, key, Some(value))
+            }
+        };
+        let person = KeyRef::Person(contact);
+        let m = &d.message;
+        let received_at = if m.envelope.received_at > 0 {
+            m.envelope.received_at
+        } else {
+            now
+        };
+        let message = self.inner.db.generate_id()?;
+        let secret = MessageSecret {
+            from: address.to_string(),
+            from_name: d.from.name.clone(),
+            subject: m.subject.clone(),
+            message_id: m.message_id.clone(),
+            references: m.references.clone(),
+            date: m.date,
+            headers: m.headers.clone(),
+            text: m.text.clone(),
+            html: m.html.clone(),
+            envelope: m.envelope.clone(),
+            flags: stored_flags(&m.flags),
+            content_hash: m.content_hash,
+        };
+        let head = crate::records::frame_head(&secret, 0)?;
+        let mut message_sealed = Vec::new();
+        crypto::seal_into(
+            &mut message_sealed,
+            &key,
+            person,
+            tree::MESSAGES,
+            &be(message),
+            &[&head, &m.raw],
+        )?;
+        let attachment_count = u32::try_from(d.attachments.len())
+            .map_err(|_| StoreError::Corrupt("too many attachments".into()))?;
+        let message_meta = MessageMeta {
+            ticket: None,
+            contact,
+            received_at,
+            flags: m.flags.iter().map(redact).collect(),
+            has_html: m.html.is_some(),
+            attachments: attachment_count,
+            spool_id: spool_id.0,
+        };
+        let mut attachments = Vec::with_capacity(d.attachments.len());
+        let mut new_blobs: Vec<([u8; 32], Vec<u8>)> = Vec::new();
+        let mut old_blobs = HashSet::new();
+        for (i, a) in d.attachments.iter().enumerate() {
+            let sha256: [u8; 32] = Sha256::digest(&a.data).into();
+            let blob = self.blob_hash(contact, &sha256);
+            if !old_blobs.contains(&blob) && !new_blobs.iter().any(|(k, _)| *k == blob) {
+                if t.blobs.contains_key(blob)? {
+                    old_blobs.insert(blob);
+                } else {
+                    let mut value = crate::records::frame_head(
+                        &BlobMeta {
+                            contact,
+                            size: a.data.len() as u64,
+                            created_at: now,
+                        },
+                        crypto::HEADER_LEN + a.data.len() + 16,
+                    )?;
+                    crypto::seal_into(&mut value, &key, person, tree::BLOBS, &blob, &[&a.data])?;
+                    new_blobs.push((blob, value));
+                }
+            }
+            let mut record_key = [0u8; 12];
+            record_key[..8].copy_from_slice(&be(message));
+            record_key[8..].copy_from_slice(&(i as u32).to_be_bytes());
+            let secret = AttachmentSecret {
+                sha256,
+                filename: a.filename.clone(),
+                content_type: a.content_type.clone(),
+            };
+            let sealed = crypto::seal(
+                &key,
+                person,
+                tree::ATTACHMENTS,
+                &record_key,
+                &frame(&secret, &[])?,
+            )?;
+            attachments.push(PreparedAttachment {
+                key: record_key,
+                blob,
+                size: a.data.len() as u64,
+                retention_class: a.retention_class.clone(),
+                sealed,
+            });
+        }
+        Ok(Plan {
+            contact,
+            new_contact,
+            key,
+            contact_hash,
+            contact_value,
+            indexed_as: existing,
+            message,
+            message_sealed,
+            message_meta,
+            msgid_key: m.message_id.as_deref().map(|id| self.msgid_hash(id)),
+            attachments,
+            new_blobs,
+            old_blobs,
+            received_at,
+            flagged: !m.flags.is_empty(),
+        })
+    }
+
+    pub(crate) fn commit(&self, spool_id: SpoolId, d: &Delivery) -> Result<CommitOutcome> {
+        let address = normalize_address(&d.from.address);
+        for _ in 0..MAX_PLANS {
+            if !self.inner.t.spool.contains_key(be(spool_id.0))? {
+                return Ok(CommitOutcome::AlreadyProcessed);
+            }
+            let plan = self.plan(spool_id, d, &address)?;
+            let result = self.run_commit(spool_id, d, &plan);
+            let keep_key = matches!(result, Ok(CommitOutcome::Stored { .. }));
+            if plan.new_contact && !keep_key {
+                // The key was made for a contact that this commit did not create.
+                if let Err(e) = self.inner.keys.destroy_person_key(plan.contact) {
+                    tracing::warn!(error = %e, "cannot remove an unused person key");
+                }
+            }
+            match result {
+                Ok(outcome) => {
+                    if let CommitOutcome::Stored { .. } = outcome {
+                        self.inner.spool_count.fetch_sub(1, Ordering::SeqCst);
+                        self.inner.flusher.durable_blocking(false)?;
+                    }
+                    return Ok(outcome);
+                }
+                Err(TransactionError::Abort(Abort::Replan)) => continue,
+                Err(TransactionError::Abort(Abort::Store(e))) => return Err(e),
+                Err(TransactionError::Storage(e)) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Io(format!(
+            "commit of spool entry {spool_id} kept conflicting"
+        )))
+    }
+
+    fn run_commit(
+        &self,
+        spool_id: SpoolId,
+        d: &Delivery,
+        p: &Plan,
+    ) -> std::result::Result<CommitOutcome, TransactionError<Abort>> {
+        let t = &self.inner.t;
+        let trees = (
+            &t.spool,
+            &t.meta,
+            &t.contacts,
+            &t.contact_idx,
+            &t.tickets,
+            &t.participants,
+            &t.messages,
+            &t.orphans,
+            &t.msgid_idx,
+            &t.blobs,
+            &t.attachments,
+            &t.blob_refs,
+        );
+        let attachment_created = now_secs();
+        trees.transaction(
+            |(
+                spool,
+                meta,
+                contacts,
+                contact_idx,
+                tickets,
+                participants,
+                messages,
+                orphans,
+                msgid_idx,
+                blobs,
+                attachments,
+                blob_refs,
+            )| {
+                if spool.get(be(spool_id.0))?.is_none() {
+                    return Ok(CommitOutcome::AlreadyProcessed);
+                }
+                // Contact.
+                let indexed = match contact_idx.get(p.contact_hash)? {
+                    Some(id) => Some(from_be(&id).map_err(fail)?),
+                    None => None,
+                };
+                match &p.contact_value {
+                    None if indexed == Some(p.contact) => {}
+                    Some(value) if indexed == p.indexed_as => {
+                        contacts.insert(&be(p.contact), value.as_slice())?;
+                        contact_idx.insert(&p.contact_hash, &be(p.contact))?;
+                    }
+                    _ => return replan(),
+                }
+                // Ticket.
+                let (ticket, new_ticket) = match &d.thread {
+                    ThreadDecision::New { subject } => {
+                        let id = match meta.get(meta_key::NEXT_TICKET)? {
+                            Some(v) => from_be(&v).map_err(fail)?,
+                            None => 1,
+                        };
+                        meta.insert(meta_key::NEXT_TICKET, &be(id + 1))?;
+                        let sealed = crypto::seal(
+                            &p.key,
+                            KeyRef::Person(p.contact),
+                            tree::TICKETS,
+                            &be(id),
+                            &frame(
+                                &TicketSecret {
+                                    subject: subject.clone(),
+                                },
+                                &[],
+                            )
+                            .map_err(fail)?,
+                        )
+                        .map_err(fail)?;
+                        let record = TicketMeta {
+                            requester: p.contact,
+                            status: TicketStatus::Open,
+                            created_at: p.received_at,
+                            updated_at: p.received_at,
+                            messages: vec![p.message],
+                            attachments: p.attachments.len() as u64,
+                            flagged: p.flagged,
+                        };
+                        tickets.insert(&be(id), frame(&record, &sealed).map_err(fail)?)?;
+                        (Some(id), true)
+                    }
+                    ThreadDecision::Existing(TicketId(id)) => {
+                        let Some(value) = tickets.get(be(*id))? else {
+                            return Err(fail(StoreError::NotFound(format!("ticket {id}"))));
+                        };
+                        let (mut record, sealed): (TicketMeta, _) =
+                            unframe(&value).map_err(fail)?;
+                        record.messages.push(p.message);
+                        record.updated_at = record.updated_at.max(p.received_at);
+                        record.attachments += p.attachments.len() as u64;
+                        record.flagged |= p.flagged;
+                        tickets.insert(&be(*id), frame(&record, sealed).map_err(fail)?)?;
+                        (Some(*id), false)
+                    }
+                    ThreadDecision::Orphan => (None, false),
+                };
+                match ticket {
+                    Some(id) => {
+                        participants.insert(&be2(id, p.contact), &[][..])?;
+                    }
+                    None => {
+                        orphans.insert(&be(p.message), &[][..])?;
+                    }
+                }
+                // Message.
+                let mut message_meta = p.message_meta.clone();
+                message_meta.ticket = ticket;
+                messages.insert(
+                    &be(p.message),
+                    frame(&message_meta, &p.message_sealed).map_err(fail)?,
+                )?;
+                if let Some(key) = &p.msgid_key {
+                    if msgid_idx.get(key)?.is_none() {
+                        let r = MessageRef {
+                            message: MessageKey(p.message),
+                            ticket: ticket.map(TicketId),
+                        };
+                        msgid_idx.insert(&key[..], encode(&r).map_err(fail)?)?;
+                    }
+                }
+                // Attachments: one blob per owner and content.
+                for blob in &p.old_blobs {
+                    if blobs.get(blob)?.is_none() {
+                        return replan();
+                    }
+                }
+                for (blob, value) in &p.new_blobs {
+                    if blobs.get(blob)?.is_none() {
+                        blobs.insert(&blob[..], value.as_slice())?;
+                    }
+                }
+                for a in &p.attachments {
+                    let record = AttachmentMeta {
+                        blob: a.blob,
+                        size: a.size,
+                        tags: AttachmentTags {
+                            contact: p.contact,
+                            ticket,
+                            message: p.message,
+                            retention_class: a.retention_class.clone(),
+                            created_at: attachment_created,
+                        },
+                    };
+                    attachments.insert(&a.key[..], frame(&record, &a.sealed).map_err(fail)?)?;
+                    let mut r = Vec::with_capacity(44);
+                    r.extend_from_slice(&a.blob);
+                    r.extend_from_slice(&a.key);
+                    blob_refs.insert(r, &[][..])?;
+                }
+                spool.remove(&be(spool_id.0))?;
+                Ok(CommitOutcome::Stored {
+                    ticket: ticket.map(TicketId),
+                    message: MessageKey(p.message),
+                    new_ticket,
+                })
+            },
+        )
+    }
+}
