@@ -1,0 +1,48 @@
+//! The mailroom SMTP server: accepts mail for our domains and hands it to a [`Spool`].
+//!
+//! Two layers, as in Stalwart and mini-redis:
+//!
+//! - [`Session`]: a sans-IO state machine over `smtp-proto`. Bytes in, replies and
+//!   [`Action`]s out ("read more", "deliver this", "start TLS", "close"). No sockets, no
+//!   tokio, so it is unit-tested by feeding byte strings.
+//! - [`run`]: the tokio driver. Accepts connections (a semaphore caps them), runs one session
+//!   per connection with buffered reads and batched reply writes, does `STARTTLS` with
+//!   tokio-rustls, enforces the timeouts, and shuts down gracefully.
+//!
+//! A message is acknowledged (`250`) only after [`Spool::append`] resolved `Ok`, i.e. once it
+//! is durable. This crate knows nothing of tickets or storage.
+//!
+//! # Replies to limits and failures
+//!
+//! | condition | reply |
+//! |---|---|
+//! | `MAIL FROM … SIZE=n`, n over `max_message_size` | `552 5.3.4` |
+//! | DATA/BDAT content over `max_message_size` (read to its end, discarded) | `552 5.3.4` |
+//! | a content line over `max_line_length` (rejected at the end of the data) | `554 5.6.0` |
+//! | a command line over `max_line_length` | `500 5.5.2` |
+//! | recipients beyond `max_recipients` | `452 4.5.3` |
+//! | recipient domain not in `domains` | `550 5.1.1` |
+//! | non-ASCII address without `SMTPUTF8` | `553 5.6.7` |
+//! | command out of sequence | `503 5.5.1` |
+//! | unknown command / known but not offered (AUTH, EXPN, ETRN, …) | `500 5.5.1` / `502 5.5.1` |
+//! | unsupported MAIL/RCPT parameter | `555 5.5.4` |
+//! | connections beyond `max_connections` | `421 4.3.2`, closed |
+//! | idle or data timeout | `421 4.4.2`, closed |
+//! | more than `max_errors` client errors | `421 4.7.0`, closed |
+//! | shutdown | `421 4.3.2`, closed |
+//! | spool full | `451 4.3.2` |
+//! | spool closed or I/O error | `451 4.3.0` |
+//!
+//! [`Spool`]: mailroom_spool::Spool
+//! [`Spool::append`]: mailroom_spool::Spool::append
+
+#![deny(missing_docs)]
+
+mod config;
+mod received;
+mod server;
+mod session;
+
+pub use config::{load_tls, ConfigError, SmtpConfig, TlsError, MIN_LINE_LENGTH};
+pub use server::run;
+pub use session::{Action, Delivery, Session};

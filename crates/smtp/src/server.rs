@@ -1,0 +1,418 @@
+//! The tokio driver: listeners, connection limit, one task per session, STARTTLS, timeouts
+//! and graceful shutdown.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mailroom_spool::Spool;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::config::SmtpConfig;
+use crate::session::{Action, Delivery, Session};
+
+/// Size of each session's read buffer.
+const READ_BUF_SIZE: usize = 16 * 1024;
+
+/// The most time spent writing a last reply (`421`, `221`) and closing.
+const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Pause after an accept error that is not about one connection (e.g. out of descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Where the server is in its life; sessions watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum ServerState {
+    Running,
+    /// Shutdown began: sessions outside a mail transaction get `421 4.3.2` at once, the others
+    /// may finish theirs.
+    Draining,
+    /// The grace period is over: every session gets `421 4.3.2` and is closed.
+    Force,
+}
+
+/// Serve SMTP on `listeners` until `shutdown` resolves, handing accepted mail to `spool`.
+///
+/// Each new session takes a snapshot of the current `config`, so a reload affects new
+/// sessions only (`max_connections` is adjusted on reload too; an invalid reloaded value is
+/// ignored with a warning). Connections beyond `max_connections` get `421 4.3.2` and are
+/// closed.
+///
+/// On shutdown: stop accepting (the listeners are dropped), close idle sessions with
+/// `421 4.3.2`, let sessions in a mail transaction finish for up to `shutdown_grace`, then
+/// close the rest with `421 4.3.2` (a spool write still pending then is abandoned without a
+/// `250`, so the sender retries). Returns once every session has ended.
+///
+/// Fails only if the initial configuration is invalid.
+pub async fn run<S: Spool>(
+    listeners: Vec<TcpListener>,
+    mut config: watch::Receiver<Arc<SmtpConfig>>,
+    spool: Arc<S>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    let mut current = config.borrow_and_update().clone();
+    current
+        .validate()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut limiter = Limiter::new(current.max_connections);
+    let (state_tx, state_rx) = watch::channel(ServerState::Running);
+    let mut sessions = JoinSet::new();
+    let mut next_id = id_seed();
+    let mut turn = 0;
+    tokio::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(joined) = sessions.join_next(), if !sessions.is_empty() => {
+                if let Err(err) = joined {
+                    if err.is_panic() {
+                        warn!("SMTP session task panicked");
+                    }
+                }
+            }
+            accepted = accept_any(&listeners, &mut turn) => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        warn!(error = %err, "accept failed");
+                        if !is_connection_error(&err) {
+                            tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        }
+                        continue;
+                    }
+                };
+                if config.has_changed().unwrap_or(false) {
+                    let reloaded = config.borrow_and_update().clone();
+                    match reloaded.validate() {
+                        Ok(()) => current = reloaded,
+                        Err(err) => warn!(error = %err, "ignoring invalid SMTP configuration"),
+                    }
+                }
+                limiter.resize(current.max_connections);
+                next_id = next_id.wrapping_add(1);
+                match limiter.semaphore.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let span = tracing::info_span!(
+                            "smtp_session",
+                            id = %format_args!("{next_id:016x}")
+                        );
+                        let task = serve(
+                            stream,
+                            peer,
+                            current.clone(),
+                            spool.clone(),
+                            state_rx.clone(),
+                            next_id,
+                            permit,
+                        );
+                        sessions.spawn(task.instrument(span));
+                    }
+                    Err(_) => {
+                        debug!("connection limit reached, refusing a connection");
+                        tokio::spawn(refuse(stream, current.hostname.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    drop(listeners);
+    let grace = config.borrow().shutdown_grace;
+    info!(sessions = sessions.len(), "SMTP server shutting down");
+    let _ = state_tx.send(ServerState::Draining);
+    let drain = async { while sessions.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        let _ = state_tx.send(ServerState::Force);
+        while sessions.join_next().await.is_some() {}
+    }
+    Ok(())
+}
+
+/// The connection semaphore, resizable on reload.
+struct Limiter {
+    semaphore: Arc<Semaphore>,
+    limit: usize,
+    /// Permits still to be forgotten after a decrease (they were in use).
+    debt: usize,
+}
+
+impl Limiter {
+    fn new(limit: usize) -> Self {
+        let limit = limit.min(Semaphore::MAX_PERMITS);
+        Limiter {
+            semaphore: Arc::new(Semaphore::new(limit)),
+            limit,
+            debt: 0,
+        }
+    }
+
+    fn resize(&mut self, limit: usize) {
+        let limit = limit.min(Semaphore::MAX_PERMITS);
+        if limit > self.limit {
+            let increase = limit - self.limit;
+            let cancelled = increase.min(self.debt);
+            self.debt -= cancelled;
+            self.semaphore.add_permits(increase - cancelled);
+        } else {
+            self.debt += self.limit - limit;
+        }
+        self.limit = limit;
+        if self.debt > 0 {
+            self.debt -= self.semaphore.forget_permits(self.debt);
+        }
+    }
+}
+
+/// Accept from whichever listener is ready, taking them in turn for fairness.
+async fn accept_any(
+    listeners: &[TcpListener],
+    turn: &mut usize,
+) -> io::Result<(TcpStream, SocketAddr)> {
+    poll_fn(|cx| {
+        let n = listeners.len();
+        for i in 0..n {
+            let index = (*turn + i) % n;
+            if let Poll::Ready(result) = listeners[index].poll_accept(cx) {
+                *turn = index + 1;
+                return Poll::Ready(result);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Errors that concern one connection only, after which accepting can go on at once.
+fn is_connection_error(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+fn id_seed() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Tell a connection over the limit to come back later.
+async fn refuse(mut stream: TcpStream, hostname: String) {
+    let reply = format!("421 4.3.2 {hostname} Too many connections, try again later\r\n");
+    let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, async {
+        stream.write_all(reply.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// One connection, from greeting to close.
+async fn serve<S: Spool>(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    config: Arc<SmtpConfig>,
+    spool: Arc<S>,
+    mut state: watch::Receiver<ServerState>,
+    id: u64,
+    _permit: OwnedSemaphorePermit,
+) {
+    debug!("session started");
+    let _ = tcp.set_nodelay(true);
+    let mut session = Session::new(config.clone(), peer, id);
+    let mut buf = ReadBuf::new();
+    let outcome = drive(&mut tcp, &mut session, &mut buf, &*spool, &mut state).await;
+    if let Outcome::StartTls = outcome {
+        let Some(tls) = config.tls.clone() else {
+            return;
+        };
+        let handshake =
+            tokio::time::timeout(config.idle_timeout, TlsAcceptor::from(tls).accept(tcp));
+        let mut stream = tokio::select! {
+            result = handshake => match result {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => {
+                    debug!(error = %err, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!("TLS handshake timed out");
+                    return;
+                }
+            },
+            () = wait_state(&mut state, ServerState::Force) => return,
+        };
+        debug!("TLS established");
+        session.tls_started();
+        buf.clear();
+        // STARTTLS is refused once TLS is active, so this drive ends with a close.
+        drive(&mut stream, &mut session, &mut buf, &*spool, &mut state).await;
+    }
+    debug!("session ended");
+}
+
+enum Outcome {
+    Closed,
+    StartTls,
+}
+
+/// Run the session over `io` until it closes or asks for TLS.
+async fn drive<IO, S>(
+    io: &mut IO,
+    session: &mut Session,
+    buf: &mut ReadBuf,
+    spool: &S,
+    state: &mut watch::Receiver<ServerState>,
+) -> Outcome
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    S: Spool,
+{
+    loop {
+        let mut input = buf.data();
+        let available = input.len();
+        let action = session.feed(&mut input);
+        let consumed = available - input.len();
+        buf.consume(consumed);
+
+        if !session.output().is_empty() {
+            // All replies produced by one batch of input go out in one write.
+            let limit = if session.is_closed() {
+                FINAL_WRITE_TIMEOUT
+            } else {
+                session.read_timeout().max(FINAL_WRITE_TIMEOUT)
+            };
+            let written = tokio::time::timeout(limit, async {
+                io.write_all(session.output()).await?;
+                io.flush().await
+            })
+            .await;
+            session.clear_output();
+            if !matches!(written, Ok(Ok(()))) {
+                debug!("write failed or timed out");
+                return Outcome::Closed;
+            }
+        }
+
+        match action {
+            Action::Read => {
+                if !buf.is_empty() {
+                    continue;
+                }
+                let closing_at = if session.in_transaction() {
+                    ServerState::Force
+                } else {
+                    ServerState::Draining
+                };
+                if *state.borrow() >= closing_at {
+                    session.shutting_down();
+                    continue;
+                }
+                let timeout = session.read_timeout();
+                tokio::select! {
+                    () = wait_state(state, closing_at) => session.shutting_down(),
+                    read = tokio::time::timeout(timeout, buf.read_from(io)) => match read {
+                        Ok(Ok(0)) => {
+                            debug!("client closed the connection");
+                            return Outcome::Closed;
+                        }
+                        Ok(Ok(_)) => {}
+                        Ok(Err(err)) => {
+                            debug!(error = %err, "read failed");
+                            return Outcome::Closed;
+                        }
+                        Err(_) => {
+                            debug!("client timed out");
+                            session.timed_out();
+                        }
+                    },
+                }
+            }
+            Action::Deliver(delivery) => {
+                let Delivery { envelope, raw } = *delivery;
+                let size = raw.len();
+                let result = tokio::select! {
+                    result = spool.append(envelope, raw) => result,
+                    () = wait_state(state, ServerState::Force) => {
+                        session.shutting_down();
+                        continue;
+                    }
+                };
+                match &result {
+                    Ok(spool_id) => info!(%spool_id, size, "message accepted"),
+                    Err(err) => warn!(error = %err, "spool refused a message"),
+                }
+                session.delivered(result);
+            }
+            Action::StartTls => return Outcome::StartTls,
+            Action::Close => {
+                let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, io.shutdown()).await;
+                return Outcome::Closed;
+            }
+        }
+    }
+}
+
+/// Resolve once the server reaches `at_least` (or is gone).
+async fn wait_state(state: &mut watch::Receiver<ServerState>, at_least: ServerState) {
+    let _ = state.wait_for(|s| *s >= at_least).await;
+}
+
+/// A fixed read buffer; the session consumes what it can, the rest waits for the next feed.
+struct ReadBuf {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadBuf {
+    fn new() -> Self {
+        ReadBuf {
+            buf: vec![0; READ_BUF_SIZE].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            self.clear();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
+    async fn read_from<IO: AsyncRead + Unpin>(&mut self, io: &mut IO) -> io::Result<usize> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let n = io.read(&mut self.buf[self.end..]).await?;
+        self.end += n;
+        Ok(n)
+    }
+}
