@@ -23,8 +23,8 @@ use crate::model::{
 };
 use crate::records::{
     be, be2, encode, frame, from_be, meta_key, redact, stored_flags, tree, unframe, AttachmentMeta,
-    AttachmentSecret, BlobMeta, ContactMeta, ContactSecret, MessageMeta, MessageSecret, TicketMeta,
-    TicketSecret,
+    AttachmentSecret, BlobMeta, ContactMeta, ContactSecret, MessageMeta, MessageSecret, StoredFlag,
+    TicketMeta, TicketSecret,
 };
 use crate::{Result, Store, StoreError};
 
@@ -361,9 +361,20 @@ impl Store {
                     }
                     ThreadDecision::Orphan => (None, false),
                 };
+                // Automatic mail (auto-replies, bounces, list mail) is kept on the ticket but
+                // does not make its sender a participant: a mailer-daemon that bounced once must
+                // not be able to thread ordinary mail into the ticket later.
+                let automatic = p.message_meta.flags.iter().any(|f| {
+                    matches!(
+                        f,
+                        StoredFlag::AutoReply | StoredFlag::Bounce | StoredFlag::Bulk
+                    )
+                });
                 match ticket {
                     Some(id) => {
-                        participants.insert(&be2(id, p.contact), &[][..])?;
+                        if new_ticket || !automatic {
+                            participants.insert(&be2(id, p.contact), &[][..])?;
+                        }
                     }
                     None => {
                         orphans.insert(&be(p.message), &[][..])?;

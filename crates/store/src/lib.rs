@@ -339,6 +339,11 @@ impl Store {
         self.list_orphans()
     }
 
+    /// The raw bytes of stored message `id`, exactly as spooled (with our `Received:` header).
+    pub fn message_raw(&self, id: MessageKey) -> Result<Option<Vec<u8>>> {
+        self.raw_message(id.0)
+    }
+
     /// Bytes of one attachment blob of `contact` with hex SHA-256 `sha256`.
     pub fn attachment_bytes(&self, contact: ContactId, sha256: &str) -> Result<Option<Vec<u8>>> {
         self.blob_bytes(contact, sha256)

@@ -174,6 +174,18 @@ impl Store {
         }))
     }
 
+    /// The raw message as spooled (our `Received:` line first); `None` if there is no such
+    /// message, `KeyMissing` if its owner's key is gone.
+    pub(crate) fn raw_message(&self, id: u64) -> Result<Option<Vec<u8>>> {
+        let Some(value) = self.inner.t.messages.get(be(id))? else {
+            return Ok(None);
+        };
+        let (_meta, sealed): (MessageMeta, _) = unframe(&value)?;
+        let plain = self.open_sealed(sealed, tree::MESSAGES, &be(id))?;
+        let (_secret, raw): (MessageSecret, _) = unframe(&plain)?;
+        Ok(Some(raw.to_vec()))
+    }
+
     pub(crate) fn blob_bytes(&self, contact: ContactId, sha256: &str) -> Result<Option<Vec<u8>>> {
         let Some(digest) = hex::decode(sha256.trim())
             .ok()

@@ -1,0 +1,313 @@
+//! mailroom's pipeline: parse -> (classify: later) -> thread -> route.
+//!
+//! A spooled message goes through three steps:
+//!
+//! 1. [`analyze`] (pure, no I/O): parse the raw bytes once with `mail-parser` and extract all the
+//!    store needs: sender, subject, ids, bodies, attachments, loop/noise flags, warnings. Only a
+//!    message with no header section or no sender at all is a [`Rejection`]; anything else that
+//!    is malformed is kept with a [`MessageFlag::ParseWarning`].
+//! 2. [`decide`] (reads the store): which ticket the message belongs to, by `In-Reply-To` /
+//!    `References` (and, for a bounce, the ids of the message it carries), then by a `[#N]`
+//!    subject tag, never by subject text; the sender must be on the ticket.
+//! 3. [`process_entry`]: one store transaction ([`Store::commit_message`]) that stores the
+//!    message and removes the spool entry, or moves a rejected entry to the failed list.
+//!
+//! [`drain`] runs step 3 over the whole spool synchronously (for `mailroom ingest`);
+//! [`run_workers`] is the long-running async version for `mailroom serve`. [`sources`] reads
+//! message files, directories, maildirs and mboxes for `ingest`.
+//!
+//! Logging: one tracing span per message carrying the spool id only; addresses, subjects and
+//! bodies are never logged.
+
+#![warn(missing_docs)]
+
+mod analyze;
+pub mod sources;
+mod thread;
+mod workers;
+
+use std::fmt;
+
+use mailroom_spool::SpoolId;
+use mailroom_store::{CommitOutcome, FailedId, MessageKey, Store, StoreError, TicketId};
+
+pub use analyze::{analyze, Analysis, Rejection};
+pub use thread::{decide, strip_subject_noise};
+pub use workers::{run_workers, worker_stats, WorkerStats};
+
+// Re-exported so that callers of this crate can name the types of its API.
+pub use mailroom_store::{MessageFlag, ThreadDecision};
+
+/// Bounds on the work done for one message. Every limit is enforced by the pipeline itself,
+/// whatever the parser would accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// The most MIME parts read in one message (nested messages included); the rest is skipped
+    /// with a warning.
+    pub max_mime_parts: usize,
+    /// The most header fields kept for one message; the rest is dropped with a warning.
+    pub max_header_fields: usize,
+    /// How deeply multiparts and attached messages may nest; deeper parts are skipped with a
+    /// warning.
+    pub max_nesting_depth: usize,
+    /// The largest message whose body is parsed, in bytes; a larger one is kept with its
+    /// headers only and a warning.
+    pub max_message_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_mime_parts: 1000,
+            max_header_fields: 1000,
+            max_nesting_depth: 20,
+            max_message_size: 25 * 1024 * 1024,
+        }
+    }
+}
+
+/// Pipeline errors. These are temporary from the message's point of view: the spool entry
+/// stays where it is and is tried again. (A message that can never be processed is not an
+/// error but a [`Rejection`], which moves it to the failed list.)
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A worker task died (panicked or was cancelled).
+    #[error("pipeline worker failed: {0}")]
+    Worker(String),
+}
+
+/// What [`process_entry`] did with one spool entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Processed {
+    /// The spool entry.
+    pub spool_id: SpoolId,
+    /// What became of it.
+    pub outcome: Outcome,
+}
+
+/// The fate of one spool entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The message opened a new ticket.
+    NewTicket {
+        /// The new ticket.
+        ticket: TicketId,
+        /// The stored message.
+        message: MessageKey,
+        /// Flags recorded on the message.
+        flags: Vec<MessageFlag>,
+    },
+    /// The message was appended to an existing ticket.
+    Appended {
+        /// The ticket.
+        ticket: TicketId,
+        /// The stored message.
+        message: MessageKey,
+        /// Flags recorded on the message.
+        flags: Vec<MessageFlag>,
+    },
+    /// The message was kept without a ticket (auto-reply, bounce or bulk mail that threads
+    /// nowhere it may go).
+    Orphan {
+        /// The stored message.
+        message: MessageKey,
+        /// Flags recorded on the message.
+        flags: Vec<MessageFlag>,
+    },
+    /// The message was moved to the failed list.
+    Failed {
+        /// The failed-list entry.
+        failed: FailedId,
+        /// Why (the [`Rejection`] as text).
+        reason: String,
+    },
+    /// The entry was no longer in the spool: processed before (e.g. before a crash or by
+    /// another worker). Nothing was written.
+    AlreadyProcessed,
+}
+
+/// Counts of what [`drain`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Messages that opened a new ticket.
+    pub tickets_created: usize,
+    /// Messages appended to an existing ticket.
+    pub messages_appended: usize,
+    /// Messages kept without a ticket.
+    pub orphans: usize,
+    /// Entries moved to the failed list.
+    pub failed: usize,
+    /// Entries that were already processed.
+    pub already_processed: usize,
+    /// Entries left in the spool because of an error (logged; they are tried again later).
+    pub errors: usize,
+}
+
+impl DrainReport {
+    /// Count one result.
+    pub fn add(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::NewTicket { .. } => self.tickets_created += 1,
+            Outcome::Appended { .. } => self.messages_appended += 1,
+            Outcome::Orphan { .. } => self.orphans += 1,
+            Outcome::Failed { .. } => self.failed += 1,
+            Outcome::AlreadyProcessed => self.already_processed += 1,
+        }
+    }
+
+    /// Entries looked at in total.
+    pub fn total(&self) -> usize {
+        self.tickets_created
+            + self.messages_appended
+            + self.orphans
+            + self.failed
+            + self.already_processed
+            + self.errors
+    }
+}
+
+impl fmt::Display for DrainReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} new ticket(s), {} appended, {} orphan(s), {} failed, {} already processed",
+            self.tickets_created,
+            self.messages_appended,
+            self.orphans,
+            self.failed,
+            self.already_processed
+        )?;
+        if self.errors > 0 {
+            write!(f, ", {} left in the spool after an error", self.errors)?;
+        }
+        Ok(())
+    }
+}
+
+/// Process one spool entry: read it, analyze it, decide its ticket and commit it in one store
+/// transaction (which also removes the spool entry). A [`Rejection`] (including a panic inside
+/// the parser) moves the entry to the failed list instead.
+///
+/// Idempotent: an entry that is already gone gives [`Outcome::AlreadyProcessed`], so running
+/// it again after a crash, or twice at once, never stores a message twice.
+pub fn process_entry(
+    store: &Store,
+    id: SpoolId,
+    limits: &Limits,
+) -> Result<Processed, PipelineError> {
+    let span = tracing::info_span!("message", spool_id = id.0);
+    let _enter = span.enter();
+
+    let Some(entry) = store.spool_get(id)? else {
+        tracing::debug!("already processed");
+        return Ok(Processed {
+            spool_id: id,
+            outcome: Outcome::AlreadyProcessed,
+        });
+    };
+
+    let analysis = match analyze(&entry, limits) {
+        Ok(a) => a,
+        Err(rejection) => {
+            let reason = rejection.to_string();
+            tracing::info!(reason = %reason, "rejected: moved to the failed list");
+            let outcome = match store.fail_spool_entry(id, &reason)? {
+                Some(failed) => Outcome::Failed { failed, reason },
+                None => Outcome::AlreadyProcessed,
+            };
+            return Ok(Processed {
+                spool_id: id,
+                outcome,
+            });
+        }
+    };
+
+    let (decision, flags) = decide(store, &analysis)?;
+    let orphan = matches!(decision, ThreadDecision::Orphan);
+    let delivery = analysis.into_delivery(entry.raw, entry.envelope, decision, flags.clone());
+    let outcome = match store.commit_message(id, delivery)? {
+        CommitOutcome::AlreadyProcessed => Outcome::AlreadyProcessed,
+        CommitOutcome::Stored {
+            ticket: Some(ticket),
+            message,
+            new_ticket: true,
+        } => Outcome::NewTicket {
+            ticket,
+            message,
+            flags,
+        },
+        CommitOutcome::Stored {
+            ticket: Some(ticket),
+            message,
+            new_ticket: false,
+        } => Outcome::Appended {
+            ticket,
+            message,
+            flags,
+        },
+        CommitOutcome::Stored {
+            ticket: None,
+            message,
+            ..
+        } => {
+            if !orphan {
+                tracing::warn!("store kept a message without a ticket that was not an orphan");
+            }
+            Outcome::Orphan { message, flags }
+        }
+    };
+    match &outcome {
+        Outcome::NewTicket { ticket, .. } => tracing::info!(ticket = ticket.0, "new ticket"),
+        Outcome::Appended { ticket, .. } => tracing::info!(ticket = ticket.0, "appended"),
+        Outcome::Orphan { .. } => tracing::info!("kept as orphan"),
+        _ => tracing::debug!("already processed"),
+    }
+    Ok(Processed {
+        spool_id: id,
+        outcome,
+    })
+}
+
+/// Process every pending spool entry synchronously, oldest first, calling `progress` after each
+/// one (used by `mailroom ingest` when no server runs). Entries appended while it runs are
+/// processed too.
+///
+/// An error on one entry is logged and counted in [`DrainReport::errors`] (the entry stays in
+/// the spool); only a failure to list the spool ends the drain with an error.
+pub fn drain(
+    store: &Store,
+    limits: &Limits,
+    mut progress: impl FnMut(&Processed),
+) -> Result<DrainReport, PipelineError> {
+    let mut report = DrainReport::default();
+    let mut tried = std::collections::HashSet::new();
+    loop {
+        let pending: Vec<SpoolId> = store
+            .spool_pending()?
+            .into_iter()
+            .filter(|id| !tried.contains(id))
+            .collect();
+        if pending.is_empty() {
+            return Ok(report);
+        }
+        for id in pending {
+            tried.insert(id);
+            match process_entry(store, id, limits) {
+                Ok(processed) => {
+                    report.add(&processed.outcome);
+                    progress(&processed);
+                }
+                Err(e) => {
+                    tracing::error!(spool_id = id.0, error = %e, "processing failed; entry kept");
+                    report.errors += 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
