@@ -46,10 +46,17 @@ fn ingest_file_maildir_and_mbox_without_a_server() {
     std::fs::create_dir_all(root.join("maildir/tmp")).unwrap();
     // An mbox with two messages, one body line escaped as ">From ".
     let mut mbox = Vec::new();
-    for (who, subject) in [("dan@example.org", "Mbox one"), ("eve@example.org", "Mbox two")] {
+    for (who, subject) in [
+        ("dan@example.org", "Mbox one"),
+        ("eve@example.org", "Mbox two"),
+    ] {
         mbox.extend_from_slice(format!("From {who} Mon Nov 23 10:00:00 2026\n").as_bytes());
         let m = message(who, subject, "", "hello\n>From the start of a line");
-        mbox.extend_from_slice(&String::from_utf8_lossy(&m).replace("\r\n", "\n").into_bytes());
+        mbox.extend_from_slice(
+            &String::from_utf8_lossy(&m)
+                .replace("\r\n", "\n")
+                .into_bytes(),
+        );
         mbox.push(b'\n');
     }
     write(&root.join("archive.mbox"), &mbox);
@@ -72,13 +79,19 @@ fn ingest_file_maildir_and_mbox_without_a_server() {
         "Mbox one",
         "Mbox two",
     ] {
-        assert!(ticket_with(&tickets, subject).is_some(), "{subject}: {tickets:?}");
+        assert!(
+            ticket_with(&tickets, subject).is_some(),
+            "{subject}: {tickets:?}"
+        );
     }
     let mbox_ticket = ticket_with(&tickets, "Mbox two").unwrap();
     let id = mbox_ticket["id"].as_u64().unwrap().to_string();
     let detail = env.cli_json(&["tickets", "show", &id, "--json"]);
     let text = detail["thread"][0]["text"].as_str().unwrap_or_default();
-    assert!(text.contains("\nFrom the start of a line"), "mboxrd un-escaped: {text:?}");
+    assert!(
+        text.contains("\nFrom the start of a line"),
+        "mboxrd un-escaped: {text:?}"
+    );
 
     let human = env.cli(&["tickets", "list"]);
     assert!(ok(&human).contains("Mbox one"));
@@ -115,7 +128,10 @@ fn ingest_reports_unreadable_inputs_and_exits_nonzero() {
     let out = env.cli(&["ingest", "/nonexistent/path/for/mailroom"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("/nonexistent/path/for/mailroom"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/path/for/mailroom"),
+        "{stderr}"
+    );
 }
 
 #[test]
