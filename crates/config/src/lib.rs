@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 pub use error::{ConfigError, ErrorKind};
 
 /// The whole mailroom configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// `[store]`: where data lives and how much may wait in the spool.
@@ -41,6 +41,8 @@ pub struct Config {
     pub smtp: SmtpConfig,
     /// `[pipeline]`: the workers that parse spooled messages into tickets.
     pub pipeline: PipelineConfig,
+    /// `[filter]`: the spam filter's cutoffs and combiner.
+    pub filter: FilterConfig,
     /// `[log]`: log verbosity and output format.
     pub log: LogConfig,
 }
@@ -59,6 +61,9 @@ pub struct StoreConfig {
     /// `store.spool_key_lifetime_hours`: how long one spool encryption key is used before
     /// a new one is made (default 24, 1 to 720). See [`StoreConfig::spool_key_lifetime`].
     pub spool_key_lifetime_hours: u64,
+    /// `store.cache_mb`: the store's page cache in MiB (default 64, 8 to 65536). It bounds the
+    /// memory the store uses for its data.
+    pub cache_mb: u64,
 }
 
 impl Default for StoreConfig {
@@ -67,6 +72,7 @@ impl Default for StoreConfig {
             path: PathBuf::from("data"),
             spool_max_entries: 10_000,
             spool_key_lifetime_hours: 24,
+            cache_mb: 64,
         }
     }
 }
@@ -204,6 +210,73 @@ impl Default for PipelineConfig {
             max_mime_parts: 1000,
             max_header_fields: 1000,
             max_nesting_depth: 20,
+        }
+    }
+}
+
+/// `[filter]`: the spam filter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilterConfig {
+    /// `filter.enabled`: classify incoming mail (default true). When false every message is a
+    /// ticket and nothing is quarantined.
+    pub enabled: bool,
+    /// `filter.algorithm`: the combiner whose score decides (default `fusion`: Robinson-Fisher
+    /// fused with an online logistic regression; also `fisher`, `naive-bayes`, `logistic`).
+    pub algorithm: FilterAlgorithm,
+    /// `filter.ham_cutoff`: scores below this are ham (default 0.2, 0 to 1).
+    pub ham_cutoff: f64,
+    /// `filter.spam_cutoff`: scores at or above this are spam and go to the quarantine; between
+    /// the cutoffs a ticket is marked unsure (default 0.9, 0 to 1, not below `ham_cutoff`).
+    pub spam_cutoff: f64,
+    /// `filter.explain_tokens`: how many deciding tokens each verdict keeps (default 12, 1 to
+    /// 100).
+    pub explain_tokens: usize,
+    /// `filter.starter_model`: a model file (`mailroom filter export`) loaded when the store has
+    /// learned nothing yet. Unset: the starter model built into the binary.
+    pub starter_model: Option<PathBuf>,
+    /// `filter.expire_days`: `mailroom filter expire` drops tokens seen in at most one message
+    /// and not seen for this many days (default 180, 1 to 36500).
+    pub expire_days: u32,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        FilterConfig {
+            enabled: true,
+            algorithm: FilterAlgorithm::Fusion,
+            ham_cutoff: 0.2,
+            spam_cutoff: 0.9,
+            explain_tokens: 12,
+            starter_model: None,
+            expire_days: 180,
+        }
+    }
+}
+
+/// The spam filter's combiner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FilterAlgorithm {
+    /// `fusion`: Fisher and logistic regression, averaged in logit space (the default).
+    #[default]
+    Fusion,
+    /// `fisher`: Robinson's f(w) with Fisher's chi-square combining (bogofilter style).
+    Fisher,
+    /// `naive-bayes`: multinomial naive Bayes.
+    NaiveBayes,
+    /// `logistic`: online logistic regression on the same features.
+    Logistic,
+}
+
+impl FilterAlgorithm {
+    /// The name as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FilterAlgorithm::Fusion => "fusion",
+            FilterAlgorithm::Fisher => "fisher",
+            FilterAlgorithm::NaiveBayes => "naive-bayes",
+            FilterAlgorithm::Logistic => "logistic",
         }
     }
 }

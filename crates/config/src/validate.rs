@@ -204,6 +204,37 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
         100,
     );
 
+    c.range("store.cache_mb", config.store.cache_mb, 8, 65_536);
+
+    let filter = &config.filter;
+    c.range("filter.ham_cutoff", filter.ham_cutoff, 0.0, 1.0);
+    c.range("filter.spam_cutoff", filter.spam_cutoff, 0.0, 1.0);
+    if filter.ham_cutoff.is_nan() {
+        c.fail("filter.ham_cutoff", None, "must be a number".to_owned());
+    }
+    if filter.spam_cutoff.is_nan() {
+        c.fail("filter.spam_cutoff", None, "must be a number".to_owned());
+    }
+    let in_unit = |v: f64| (0.0..=1.0).contains(&v);
+    if in_unit(filter.ham_cutoff)
+        && in_unit(filter.spam_cutoff)
+        && filter.spam_cutoff < filter.ham_cutoff
+    {
+        c.fail(
+            "filter.spam_cutoff",
+            None,
+            format!(
+                "must not be below `filter.ham_cutoff` ({}) (got {})",
+                filter.ham_cutoff, filter.spam_cutoff
+            ),
+        );
+    }
+    c.range("filter.explain_tokens", filter.explain_tokens, 1, 100);
+    c.range("filter.expire_days", filter.expire_days, 1, 36_500);
+    if let Some(path) = &filter.starter_model {
+        c.path("filter.starter_model", path);
+    }
+
     // `log.level` and `log.format` are enums: serde already rejected anything else.
     c.problems
 }
@@ -373,7 +404,7 @@ mod tests {
     #[test]
     fn serde_messages_are_reworded() {
         let (kind, text) = describe_serde_error(
-            "unknown field `smpt`, expected one of `store`, `smtp`, `pipeline`, `log`",
+            "unknown field `smpt`, expected one of `store`, `smtp`, `pipeline`, `filter`, `log`",
         );
         assert_eq!(kind, ErrorKind::UnknownKey);
         assert_eq!(text, "unknown key `smpt`; did you mean `smtp`?");

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mailroom_config::{Config, ConfigError, ErrorKind, LogFormat, LogLevel};
+use mailroom_config::{Config, ConfigError, ErrorKind, FilterAlgorithm, LogFormat, LogLevel};
 
 const EXAMPLE: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -111,8 +111,9 @@ fn example_lists_every_key_of_every_section_with_a_comment() {
     let mut all = Config::default();
     all.smtp.tls_cert = Some("c.pem".into());
     all.smtp.tls_key = Some("k.pem".into());
+    all.filter.starter_model = Some("m.mrfm".into());
     let table = toml::Table::try_from(&all).unwrap();
-    assert_eq!(table.len(), 4);
+    assert_eq!(table.len(), 5);
     let mut checked = 0;
     for (name, value) in &table {
         let body = section(EXAMPLE, name);
@@ -140,7 +141,7 @@ fn example_lists_every_key_of_every_section_with_a_comment() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 3 + 13 + 4 + 2);
+    assert_eq!(checked, 4 + 13 + 4 + 7 + 2);
 }
 
 #[test]
@@ -242,7 +243,7 @@ fn unknown_scalar_at_top_level_lists_the_sections() {
     assert_err(&e, ErrorKind::UnknownKey, 2, "colour");
     assert_eq!(
         e.message(),
-        "unknown key `colour` (known keys here: store, smtp, pipeline, log)"
+        "unknown key `colour` (known keys here: store, smtp, pipeline, filter, log)"
     );
 }
 
@@ -510,4 +511,21 @@ fn load_of_non_utf8_names_the_line() {
     let e = Config::load(&path).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Syntax);
     assert_eq!((e.line(), e.column()), (Some(2), Some(16)));
+}
+
+#[test]
+fn filter_cutoffs_are_checked() {
+    let e = err("[filter]\nham_cutoff = 0.5\nspam_cutoff = 0.4\n");
+    assert_err(&e, ErrorKind::Invalid, 3, "filter.spam_cutoff");
+    let e = err("[filter]\nham_cutoff = 1.5\n");
+    assert_err(&e, ErrorKind::Invalid, 2, "filter.ham_cutoff");
+    let e = err("[filter]\nalgorithm = \"bayes\"\n");
+    assert_eq!(e.line(), Some(2));
+    let c = Config::parse(
+        "[filter]\nalgorithm = \"naive-bayes\"\nham_cutoff = 0.1\nspam_cutoff = 0.95\n",
+        "x",
+    )
+    .unwrap();
+    assert_eq!(c.filter.algorithm, FilterAlgorithm::NaiveBayes);
+    assert_eq!(c.filter.spam_cutoff, 0.95);
 }
