@@ -19,12 +19,12 @@ use crate::crypto::{self, KeyBytes, KeyRef};
 use crate::keys::now_secs;
 use crate::model::{
     normalize_address, AttachmentTags, CommitOutcome, Delivery, MessageKey, MessageRef,
-    ThreadDecision, TicketId, TicketStatus,
+    ThreadDecision, TicketId, TicketStatus, Verdict,
 };
 use crate::records::{
     be, be2, encode, frame, from_be, meta_key, redact, stored_flags, tree, unframe, AttachmentMeta,
-    AttachmentSecret, BlobMeta, ContactMeta, ContactSecret, MessageMeta, MessageSecret, StoredFlag,
-    TicketMeta, TicketSecret,
+    AttachmentSecret, BlobMeta, ContactMeta, ContactSecret, MessageMeta, MessageSecret,
+    QuarantineMeta, QuarantineSecret, StoredClassification, StoredFlag, TicketMeta, TicketSecret,
 };
 use crate::{Result, Store, StoreError};
 
@@ -79,6 +79,10 @@ struct Plan {
     old_blobs: HashSet<[u8; 32]>,
     received_at: u64,
     flagged: bool,
+    /// The spam filter was unsure about the message.
+    unsure: bool,
+    /// The framed quarantine record, when the message goes to the quarantine.
+    quarantine_value: Option<Vec<u8>>,
 }
 
 impl Store {
@@ -140,6 +144,11 @@ impl Store {
             envelope: m.envelope.clone(),
             flags: stored_flags(&m.flags),
             content_hash: m.content_hash,
+            clues: d
+                .classification
+                .as_ref()
+                .map(|c| c.clues.clone())
+                .unwrap_or_default(),
         };
         let head = crate::records::frame_head(&secret, 0)?;
         let mut message_sealed = Vec::new();
@@ -161,6 +170,34 @@ impl Store {
             has_html: m.html.is_some(),
             attachments: attachment_count,
             spool_id: spool_id.0,
+            classification: d.classification.as_ref().map(|c| StoredClassification {
+                score: c.score,
+                verdict: c.verdict,
+                algorithm: c.algorithm.clone(),
+            }),
+        };
+        let quarantine_value = match &d.thread {
+            ThreadDecision::Quarantine { ticket, subject } => {
+                let sealed = crypto::seal(
+                    &key,
+                    person,
+                    tree::QUARANTINE,
+                    &be(message),
+                    &frame(
+                        &QuarantineSecret {
+                            subject: subject.clone(),
+                        },
+                        &[],
+                    )?,
+                )?;
+                let meta = QuarantineMeta {
+                    ticket: ticket.map(|t| t.0),
+                    contact,
+                    created_at: now,
+                };
+                Some(frame(&meta, &sealed)?)
+            }
+            _ => None,
         };
         let mut attachments = Vec::with_capacity(d.attachments.len());
         let mut new_blobs: Vec<([u8; 32], Vec<u8>)> = Vec::new();
@@ -223,6 +260,11 @@ impl Store {
             old_blobs,
             received_at,
             flagged: !m.flags.is_empty(),
+            unsure: d
+                .classification
+                .as_ref()
+                .is_some_and(|c| c.verdict == Verdict::Unsure),
+            quarantine_value,
         })
     }
 
@@ -279,6 +321,7 @@ impl Store {
             &t.blobs,
             &t.attachments,
             &t.blob_refs,
+            &t.quarantine,
         );
         let attachment_created = now_secs();
         trees.transaction(
@@ -295,6 +338,7 @@ impl Store {
                 blobs,
                 attachments,
                 blob_refs,
+                quarantine,
             )| {
                 if spool.get(be(spool_id.0))?.is_none() {
                     return Ok(CommitOutcome::AlreadyProcessed);
@@ -342,6 +386,7 @@ impl Store {
                             messages: vec![p.message],
                             attachments: p.attachments.len() as u64,
                             flagged: p.flagged,
+                            unsure: p.unsure,
                         };
                         tickets.insert(&be(id), frame(&record, &sealed).map_err(fail)?)?;
                         (Some(id), true)
@@ -356,10 +401,11 @@ impl Store {
                         record.updated_at = record.updated_at.max(p.received_at);
                         record.attachments += p.attachments.len() as u64;
                         record.flagged |= p.flagged;
+                        record.unsure |= p.unsure;
                         tickets.insert(&be(*id), frame(&record, sealed).map_err(fail)?)?;
                         (Some(*id), false)
                     }
-                    ThreadDecision::Orphan => (None, false),
+                    ThreadDecision::Orphan | ThreadDecision::Quarantine { .. } => (None, false),
                 };
                 // Automatic mail (auto-replies, bounces, list mail) is kept on the ticket but
                 // does not make its sender a participant: a mailer-daemon that bounced once must
@@ -376,9 +422,15 @@ impl Store {
                             participants.insert(&be2(id, p.contact), &[][..])?;
                         }
                     }
-                    None => {
-                        orphans.insert(&be(p.message), &[][..])?;
-                    }
+                    None => match &p.quarantine_value {
+                        // Quarantined: in no ticket and not an orphan.
+                        Some(value) => {
+                            quarantine.insert(&be(p.message), value.as_slice())?;
+                        }
+                        None => {
+                            orphans.insert(&be(p.message), &[][..])?;
+                        }
+                    },
                 }
                 // Message.
                 let mut message_meta = p.message_meta.clone();

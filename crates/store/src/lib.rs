@@ -2,7 +2,9 @@
 //!
 //! Layout of a data directory:
 //! - `lock`: held (flock) while a process has the store open.
-//! - `db/`: the sled database (spool, contacts, tickets, messages, attachments, indexes).
+//! - `db/`: the sled database (spool, contacts, tickets, messages, attachments, indexes,
+//!   quarantine, the spam filter's state, journal and learned-message records).
+//! - `filter/`: the spam filter's token-count snapshot (see [`filter`]).
 //! - `keys/`: key files, outside the sled files so that destroying one really destroys it:
 //!   `index.key` (keyed-hash lookups), `person/<contact>.key` (per-person data keys) and
 //!   `spool/<epoch ms>.key` (short-lived spool keys).
@@ -19,12 +21,15 @@
 
 mod commit;
 mod crypto;
+pub mod filter;
 mod flusher;
 mod keys;
 pub mod model;
 mod read;
 mod records;
 mod spool;
+
+pub use filter::{write_model, FilterStats, TokenView, TrainOutcome};
 
 pub use model::*;
 
@@ -60,6 +65,14 @@ pub enum StoreError {
     /// The spool holds `spool_max_entries` unprocessed entries (backpressure; try later).
     #[error("spool is full")]
     SpoolFull,
+    /// The spam filter's counts do not allow the update (e.g. untraining would take a count
+    /// below zero); nothing was changed.
+    #[error("spam filter: {0}")]
+    Filter(String),
+    /// A model file given to [`Store::filter_import`] is not a valid mailroom model; nothing was
+    /// changed.
+    #[error("invalid model file: {0}")]
+    InvalidModel(String),
 }
 
 impl From<sled::Error> for StoreError {
@@ -80,13 +93,21 @@ pub struct StoreOptions {
     /// A new spool key is made after this many seconds; old ones are destroyed once no entry
     /// uses them.
     pub spool_key_lifetime_secs: u64,
+    /// Size of sled's page cache in bytes (sled's own default is 1 GiB). sled overshoots it
+    /// somewhat; the spam filter's token counts are not in sled (see [`filter`]) and take 28
+    /// bytes a token on top.
+    pub cache_capacity_bytes: u64,
 }
+
+/// Default of [`StoreOptions::cache_capacity_bytes`]: 64 MiB.
+pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             spool_max_entries: 10_000,
             spool_key_lifetime_secs: 24 * 3600,
+            cache_capacity_bytes: DEFAULT_CACHE_CAPACITY_BYTES,
         }
     }
 }
@@ -112,6 +133,10 @@ struct Trees {
     blobs: sled::Tree,
     attachments: sled::Tree,
     blob_refs: sled::Tree,
+    filter_meta: sled::Tree,
+    filter_journal: sled::Tree,
+    learned: sled::Tree,
+    quarantine: sled::Tree,
 }
 
 struct Inner {
@@ -121,6 +146,9 @@ struct Inner {
     db: sled::Db,
     t: Trees,
     keys: Keyring,
+    /// The data directory (for sizes on disk).
+    dir: PathBuf,
+    filter: filter::FilterState,
     options: StoreOptions,
     spool_count: AtomicUsize,
     notify: Arc<tokio::sync::Notify>,
@@ -163,6 +191,29 @@ fn map_sled_open_error(e: sled::Error, dir: &Path) -> StoreError {
     }
 }
 
+/// How long [`Store::open`] waits for sled's own lock once it holds the store's lock file.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Open the sled database in `db_dir`. The caller holds `DIR/lock`, so no other store has the
+/// database open; sled's own file lock can still be held for a moment by a background write of
+/// a handle this process has just dropped (sled's thread pool keeps the file until it is done),
+/// so a lock conflict is retried for up to [`SLED_LOCK_WAIT`].
+fn open_sled(db_dir: &Path, dir: &Path, cache_capacity: u64) -> Result<sled::Db> {
+    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
+            .path(db_dir)
+            .cache_capacity(cache_capacity)
+            .open();
+        match opened.map_err(|e| map_sled_open_error(e, dir)) {
+            Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Store {
     /// Open (or create) the store in data directory `dir`.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Store> {
@@ -170,10 +221,7 @@ impl Store {
         let lock = lock_data_dir(dir)?;
         let db_dir: PathBuf = dir.join("db");
         create_private_dir(&db_dir)?;
-        let db = sled::Config::new()
-            .path(&db_dir)
-            .open()
-            .map_err(|e| map_sled_open_error(e, dir))?;
+        let db = open_sled(&db_dir, dir, options.cache_capacity_bytes)?;
         let t = Trees {
             meta: db.open_tree(tree::META)?,
             spool: db.open_tree(tree::SPOOL)?,
@@ -188,7 +236,12 @@ impl Store {
             blobs: db.open_tree(tree::BLOBS)?,
             attachments: db.open_tree(tree::ATTACHMENTS)?,
             blob_refs: db.open_tree(tree::BLOB_REFS)?,
+            filter_meta: db.open_tree(tree::FILTER_META)?,
+            filter_journal: db.open_tree(tree::FILTER_JOURNAL)?,
+            learned: db.open_tree(tree::LEARNED)?,
+            quarantine: db.open_tree(tree::QUARANTINE)?,
         };
+        let filter = filter::FilterState::open(dir, &t)?;
         let initialised = t.meta.contains_key(meta_key::INDEX_KEY)?;
         let index = if initialised {
             IndexKey::MustExist
@@ -209,6 +262,8 @@ impl Store {
                 db,
                 t,
                 keys,
+                dir: dir.to_path_buf(),
+                filter,
                 options,
                 spool_count,
                 notify,
@@ -334,7 +389,8 @@ impl Store {
         self.ticket_detail(id)
     }
 
-    /// Messages kept without a ticket (auto-replies and bounces that thread nowhere).
+    /// Messages kept without a ticket (auto-replies and bounces that thread nowhere). Quarantined
+    /// messages are not orphans (see [`Store::quarantine`]).
     pub fn orphans(&self) -> Result<Vec<MessageView>> {
         self.list_orphans()
     }
@@ -349,7 +405,9 @@ impl Store {
         self.blob_bytes(contact, sha256)
     }
 
-    /// Counts for `stats`: tickets, messages, contacts, attachment blobs, spool, failed.
+    /// Counts for `stats`: tickets, messages, contacts, attachment blobs, spool, failed,
+    /// quarantine. (sled counts a tree by walking it: this is for a stats command, not a hot
+    /// path.)
     pub fn counts(&self) -> Result<Counts> {
         let t = &self.inner.t;
         Ok(Counts {
@@ -359,6 +417,7 @@ impl Store {
             blobs: t.blobs.len() as u64,
             spool: self.spool_len() as u64,
             failed: t.failed.len() as u64,
+            quarantined: t.quarantine.len() as u64,
         })
     }
 
@@ -426,6 +485,9 @@ pub struct Counts {
     pub spool: u64,
     /// Failed entries.
     pub failed: u64,
+    /// Messages in the quarantine.
+    #[serde(default)]
+    pub quarantined: u64,
 }
 
 fn to_spool_error(e: StoreError) -> mailroom_spool::SpoolError {

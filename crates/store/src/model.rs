@@ -65,6 +65,53 @@ pub enum ThreadDecision {
     },
     /// Keep the message but attach it to no ticket (auto-reply or bounce that threads nowhere).
     Orphan,
+    /// The spam filter called it spam: keep it in the quarantine, not in a ticket. `ticket` is
+    /// where it would have gone (so that releasing it can put it there), `subject` the subject a
+    /// new ticket would get.
+    Quarantine {
+        /// The ticket it would have joined, if it threads.
+        ticket: Option<TicketId>,
+        /// The subject of the ticket a release would open.
+        subject: String,
+    },
+}
+
+/// The spam filter's verdict class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Below `ham_cutoff`.
+    Ham,
+    /// Between the cutoffs: a ticket marked unsure.
+    Unsure,
+    /// At or above `spam_cutoff`: quarantined.
+    Spam,
+}
+
+/// One token that decided a verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClueView {
+    /// The token (e.g. `subject:invoice`, `url:example.com`), when known.
+    pub token: Option<String>,
+    /// Its spam probability (Robinson's f(w)).
+    pub probability: f64,
+    /// Learned ham messages containing it.
+    pub ham: u32,
+    /// Learned spam messages containing it.
+    pub spam: u32,
+}
+
+/// The spam filter's result for one message, as stored and shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Classification {
+    /// Spam score in [0, 1].
+    pub score: f64,
+    /// Ham, unsure or spam at the cutoffs in force when it was classified.
+    pub verdict: Verdict,
+    /// Which combiner decided (`fusion`, `fisher`, ...).
+    pub algorithm: String,
+    /// The tokens that decided, most significant first.
+    pub clues: Vec<ClueView>,
 }
 
 /// One attachment of a message being committed.
@@ -108,7 +155,7 @@ pub struct NewMessage {
 }
 
 /// Everything the pipeline hands to [`crate::Store::commit_message`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
     /// The sender (`From`, else `Sender`, else the envelope's reverse path).
     pub from: Address,
@@ -118,6 +165,8 @@ pub struct Delivery {
     pub message: NewMessage,
     /// Its attachments (duplicates allowed: the store keeps one blob per owner and content).
     pub attachments: Vec<NewAttachment>,
+    /// The spam filter's verdict, if the message was classified.
+    pub classification: Option<Classification>,
 }
 
 /// What [`crate::Store::commit_message`] did.
@@ -188,6 +237,9 @@ pub struct TicketSummary {
     pub updated_at: u64,
     /// Whether any message on it carries a flag.
     pub flagged: bool,
+    /// Whether the spam filter was unsure about any message on it.
+    #[serde(default)]
+    pub unsure: bool,
 }
 
 /// The tags an attachment carries so that erasure and retention can find it.
@@ -221,7 +273,7 @@ pub struct AttachmentView {
 }
 
 /// A message as shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MessageView {
     /// Message id.
     pub id: u64,
@@ -247,10 +299,16 @@ pub struct MessageView {
     pub has_html: bool,
     /// Attachments.
     pub attachments: Vec<AttachmentView>,
+    /// The spam filter's verdict, score and explanation.
+    #[serde(default)]
+    pub classification: Option<Classification>,
+    /// Whether it sits in the quarantine.
+    #[serde(default)]
+    pub quarantined: bool,
 }
 
 /// A ticket with its messages.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TicketDetail {
     /// The summary.
     #[serde(flatten)]

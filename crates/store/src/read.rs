@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use crate::model::{AttachmentView, ContactId, MessageView, TicketDetail, TicketId, TicketSummary};
+use crate::model::{
+    AttachmentView, Classification, ContactId, MessageView, TicketDetail, TicketId, TicketSummary,
+};
 use crate::records::{
     api_flags, be, from_be, tree, unframe, AttachmentMeta, AttachmentSecret, BlobMeta, ContactMeta,
     ContactSecret, MessageMeta, MessageSecret, TicketMeta, TicketSecret,
@@ -71,6 +73,7 @@ impl Store {
             created_at: meta.created_at,
             updated_at: meta.updated_at,
             flagged: meta.flagged,
+            unsure: meta.unsure,
         };
         Ok((summary, meta))
     }
@@ -110,7 +113,7 @@ impl Store {
     }
 
     /// One message as shown; `None` if it is gone.
-    fn message_view(&self, id: u64) -> Result<Option<MessageView>> {
+    pub(crate) fn message_view(&self, id: u64) -> Result<Option<MessageView>> {
         let Some(value) = self.inner.t.messages.get(be(id))? else {
             return Ok(None);
         };
@@ -118,6 +121,15 @@ impl Store {
         let secret = match readable(self.open_sealed(sealed, tree::MESSAGES, &be(id)))? {
             Some(plain) => Some(unframe::<MessageSecret>(&plain)?.0),
             None => None,
+        };
+        let quarantined = self.inner.t.quarantine.contains_key(be(id))?;
+        let classification = |clues| {
+            meta.classification.as_ref().map(|c| Classification {
+                score: c.score,
+                verdict: c.verdict,
+                algorithm: c.algorithm.clone(),
+                clues,
+            })
         };
         let mut attachments = Vec::with_capacity(meta.attachments as usize);
         for item in self.inner.t.attachments.scan_prefix(be(id)) {
@@ -156,6 +168,8 @@ impl Store {
                 text: s.text,
                 has_html: meta.has_html,
                 attachments,
+                classification: classification(s.clues),
+                quarantined,
             },
             None => MessageView {
                 id,
@@ -166,10 +180,12 @@ impl Store {
                 message_id: None,
                 date: None,
                 received_at: meta.received_at,
-                flags: api_flags(meta.flags),
+                flags: api_flags(meta.flags.clone()),
                 text: None,
                 has_html: meta.has_html,
                 attachments,
+                classification: classification(Vec::new()),
+                quarantined,
             },
         }))
     }

@@ -8,7 +8,7 @@ use mailroom_spool::Envelope;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AttachmentTags, MessageFlag, TicketId, TicketStatus};
+use crate::model::{AttachmentTags, ClueView, MessageFlag, TicketId, TicketStatus, Verdict};
 use crate::{Result, StoreError};
 
 /// Tree names. They are also bound into every sealed value's associated data.
@@ -27,6 +27,10 @@ pub(crate) mod tree {
     pub(crate) const BLOBS: &str = "blobs";
     pub(crate) const ATTACHMENTS: &str = "attachments";
     pub(crate) const BLOB_REFS: &str = "blob_refs";
+    pub(crate) const FILTER_META: &str = "filter_meta";
+    pub(crate) const FILTER_JOURNAL: &str = "filter_journal";
+    pub(crate) const LEARNED: &str = "learned";
+    pub(crate) const QUARANTINE: &str = "quarantine";
 }
 
 /// Keys in the `meta` tree.
@@ -156,6 +160,8 @@ pub(crate) struct TicketMeta {
     pub attachments: u64,
     /// Whether any message carries a flag.
     pub flagged: bool,
+    /// Whether the spam filter was unsure about any message.
+    pub unsure: bool,
 }
 
 /// The personal part of a ticket.
@@ -178,6 +184,37 @@ pub(crate) struct MessageMeta {
     pub attachments: u32,
     /// The spool entry it was committed from.
     pub spool_id: u64,
+    /// The spam filter's score, verdict and combiner (the clues, words of the message, are
+    /// sealed in [`MessageSecret::clues`]).
+    pub classification: Option<StoredClassification>,
+}
+
+/// The plaintext part of a [`crate::model::Classification`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StoredClassification {
+    pub score: f64,
+    pub verdict: Verdict,
+    pub algorithm: String,
+}
+
+/// `quarantine` value (key: message id, big endian):
+/// `frame(QuarantineMeta, sealed(frame(QuarantineSecret, [])))` under the sender's key. The
+/// message itself is in `messages` (with no ticket) and in neither `orphans` nor a ticket.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct QuarantineMeta {
+    /// The ticket it would have joined, if it threads.
+    pub ticket: Option<u64>,
+    /// The sender (owner), for erasure.
+    pub contact: u64,
+    /// Quarantined at, Unix seconds.
+    pub created_at: u64,
+}
+
+/// The personal part of a quarantine entry.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct QuarantineSecret {
+    /// Subject of the ticket a release would open.
+    pub subject: String,
 }
 
 /// The personal part of a message.
@@ -195,6 +232,8 @@ pub(crate) struct MessageSecret {
     pub envelope: Envelope,
     pub flags: Vec<StoredFlag>,
     pub content_hash: [u8; 32],
+    /// The spam filter's clues (tokens are words of the message).
+    pub clues: Vec<ClueView>,
 }
 
 /// `attachments` value (key: message id ++ index u32, both big endian):

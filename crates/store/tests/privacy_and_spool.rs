@@ -368,3 +368,81 @@ fn notify_wakes_a_waiting_worker() {
             .expect("permit not kept");
     });
 }
+
+#[test]
+fn no_personal_plaintext_from_the_spam_filter() {
+    use mailroom_spamfilter::{Classifier, Features, Label};
+    use mailroom_store::{Classification, ClueView, MessageKey, Verdict};
+
+    let dir = tempfile::tempdir().unwrap();
+    let fingerprint: [u8; 32] = *b"fp-zqxmarker7731-fingerprint-32b";
+    {
+        let store = open(dir.path());
+        let classification = Classification {
+            score: 0.99,
+            verdict: Verdict::Spam,
+            algorithm: "fusion".into(),
+            clues: vec![ClueView {
+                token: Some(format!("subject:{MARKER}")),
+                probability: 0.99,
+                ham: 0,
+                spam: 3,
+            }],
+        };
+        // A quarantined message (its would-be subject is sealed too) and a ticket message, both
+        // with clues.
+        let mut q = Msg::new("spam@example.net", "quarantined");
+        q.thread = ThreadDecision::Quarantine {
+            ticket: None,
+            subject: format!("would-be {MARKER}"),
+        };
+        let id = q.spool(&store);
+        let mut d = q.delivery();
+        d.classification = Some(classification.clone());
+        let q_id = match store.commit_message(id, d).unwrap() {
+            CommitOutcome::Stored { message, .. } => message,
+            CommitOutcome::AlreadyProcessed => panic!(),
+        };
+        let t = Msg::new("bob@example.com", "ticket");
+        let id = t.spool(&store);
+        let mut d = t.delivery();
+        d.classification = Some(classification.clone());
+        store.commit_message(id, d).unwrap();
+        // Training: the fingerprint and the token texts never reach the disk.
+        let c = Classifier::default();
+        let features = Features::from_texts([format!("subject:{MARKER}"), MARKER.to_string()]);
+        store
+            .filter_train(&c, &features, &fingerprint, Label::Spam, None, 1)
+            .unwrap();
+        store.filter_compact().unwrap();
+        store
+            .filter_train(
+                &c,
+                &Features::from_texts(["other"]),
+                &[9; 32],
+                Label::Ham,
+                None,
+                1,
+            )
+            .unwrap();
+        store.flush().unwrap();
+        // Sanity: readable through the store.
+        let v = store.quarantine_get(q_id).unwrap().unwrap();
+        assert_eq!(v.classification, Some(classification.clone()));
+        assert_eq!(
+            store.filter_learned(&fingerprint).unwrap(),
+            Some(Label::Spam)
+        );
+        assert!(store
+            .quarantine_get(MessageKey(q_id.0 + 1000))
+            .unwrap()
+            .is_none());
+    }
+    for sub in ["db", "filter"] {
+        let hits = files_containing(&dir.path().join(sub), MARKER.as_bytes());
+        assert!(hits.is_empty(), "plaintext marker found in {hits:?}");
+        let hits = files_containing(&dir.path().join(sub), &fingerprint);
+        assert!(hits.is_empty(), "message fingerprint found in {hits:?}");
+    }
+    assert!(!files_under(&dir.path().join("filter")).is_empty());
+}

@@ -140,7 +140,8 @@ fn commit_new_ticket_and_read_back() {
             contacts: 1,
             blobs: 1,
             spool: 0,
-            failed: 0
+            failed: 0,
+            quarantined: 0
         }
     );
     store.flush().unwrap();
@@ -465,7 +466,8 @@ fn reopen_keeps_everything() {
             contacts: 1,
             blobs: 1,
             spool: 1,
-            failed: 1
+            failed: 1,
+            quarantined: 0
         }
     );
     assert_eq!(store.spool_len(), 1);

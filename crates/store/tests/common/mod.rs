@@ -88,6 +88,7 @@ impl<'a> Msg<'a> {
                 content_hash: [0u8; 32],
             },
             attachments: self.attachments.clone(),
+            classification: None,
         }
     }
 
