@@ -149,6 +149,7 @@ impl Analysis {
                 content_hash: self.content_hash,
             },
             attachments: self.attachments,
+            classification: None,
         }
     }
 }

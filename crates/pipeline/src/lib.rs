@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 mod analyze;
+mod classify;
 pub mod sources;
 mod thread;
 mod workers;
@@ -32,6 +33,7 @@ use mailroom_spool::SpoolId;
 use mailroom_store::{CommitOutcome, FailedId, MessageKey, Store, StoreError, TicketId};
 
 pub use analyze::{analyze, Analysis, Rejection};
+pub use classify::{route, Filter};
 pub use thread::{decide, strip_subject_noise};
 pub use workers::{run_workers, worker_stats, WorkerStats};
 
@@ -77,6 +79,20 @@ pub enum PipelineError {
     /// A worker task died (panicked or was cancelled).
     #[error("pipeline worker failed: {0}")]
     Worker(String),
+    /// The spam filter failed (its token store could not be read).
+    #[error("spam filter: {0}")]
+    Filter(String),
+}
+
+/// Everything `process_entry` needs besides the store: the limits and the spam filter. The
+/// server keeps the current one behind a `watch` channel so that a config reload applies to
+/// the next message.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Bounds on parsing.
+    pub limits: Limits,
+    /// The spam filter; `None` when `[filter] enabled = false` (every message is a ticket).
+    pub filter: Option<Filter>,
 }
 
 /// What [`process_entry`] did with one spool entry.
@@ -117,6 +133,13 @@ pub enum Outcome {
         /// Flags recorded on the message.
         flags: Vec<MessageFlag>,
     },
+    /// The spam filter called it spam: kept in the quarantine, in no ticket.
+    Quarantined {
+        /// The stored message.
+        message: MessageKey,
+        /// Flags recorded on the message.
+        flags: Vec<MessageFlag>,
+    },
     /// The message was moved to the failed list.
     Failed {
         /// The failed-list entry.
@@ -138,6 +161,8 @@ pub struct DrainReport {
     pub messages_appended: usize,
     /// Messages kept without a ticket.
     pub orphans: usize,
+    /// Messages quarantined as spam.
+    pub quarantined: usize,
     /// Entries moved to the failed list.
     pub failed: usize,
     /// Entries that were already processed.
@@ -153,6 +178,7 @@ impl DrainReport {
             Outcome::NewTicket { .. } => self.tickets_created += 1,
             Outcome::Appended { .. } => self.messages_appended += 1,
             Outcome::Orphan { .. } => self.orphans += 1,
+            Outcome::Quarantined { .. } => self.quarantined += 1,
             Outcome::Failed { .. } => self.failed += 1,
             Outcome::AlreadyProcessed => self.already_processed += 1,
         }
@@ -163,6 +189,7 @@ impl DrainReport {
         self.tickets_created
             + self.messages_appended
             + self.orphans
+            + self.quarantined
             + self.failed
             + self.already_processed
             + self.errors
@@ -173,10 +200,11 @@ impl fmt::Display for DrainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} new ticket(s), {} appended, {} orphan(s), {} failed, {} already processed",
+            "{} new ticket(s), {} appended, {} orphan(s), {} quarantined, {} failed, {} already processed",
             self.tickets_created,
             self.messages_appended,
             self.orphans,
+            self.quarantined,
             self.failed,
             self.already_processed
         )?;
@@ -196,8 +224,9 @@ impl fmt::Display for DrainReport {
 pub fn process_entry(
     store: &Store,
     id: SpoolId,
-    limits: &Limits,
+    settings: &Settings,
 ) -> Result<Processed, PipelineError> {
+    let limits = &settings.limits;
     let span = tracing::info_span!("message", spool_id = id.0);
     let _enter = span.enter();
 
@@ -226,8 +255,16 @@ pub fn process_entry(
     };
 
     let (decision, flags) = decide(store, &analysis)?;
+    let classification = match &settings.filter {
+        Some(filter) => Some(filter.classify(store, &entry.raw)?),
+        None => None,
+    };
+    let verdict = classification.as_ref().map(|c| c.verdict);
+    let decision = route(decision, verdict, &strip_subject_noise(&analysis.subject));
     let orphan = matches!(decision, ThreadDecision::Orphan);
-    let delivery = analysis.into_delivery(entry.raw, entry.envelope, decision, flags.clone());
+    let quarantined = matches!(decision, ThreadDecision::Quarantine { .. });
+    let mut delivery = analysis.into_delivery(entry.raw, entry.envelope, decision, flags.clone());
+    delivery.classification = classification;
     let outcome = match store.commit_message(id, delivery)? {
         CommitOutcome::AlreadyProcessed => Outcome::AlreadyProcessed,
         CommitOutcome::Stored {
@@ -253,16 +290,21 @@ pub fn process_entry(
             message,
             ..
         } => {
-            if !orphan {
-                tracing::warn!("store kept a message without a ticket that was not an orphan");
+            if quarantined {
+                Outcome::Quarantined { message, flags }
+            } else {
+                if !orphan {
+                    tracing::warn!("store kept a message without a ticket that was not an orphan");
+                }
+                Outcome::Orphan { message, flags }
             }
-            Outcome::Orphan { message, flags }
         }
     };
     match &outcome {
         Outcome::NewTicket { ticket, .. } => tracing::info!(ticket = ticket.0, "new ticket"),
         Outcome::Appended { ticket, .. } => tracing::info!(ticket = ticket.0, "appended"),
         Outcome::Orphan { .. } => tracing::info!("kept as orphan"),
+        Outcome::Quarantined { .. } => tracing::info!("quarantined as spam"),
         _ => tracing::debug!("already processed"),
     }
     Ok(Processed {
@@ -279,7 +321,7 @@ pub fn process_entry(
 /// the spool); only a failure to list the spool ends the drain with an error.
 pub fn drain(
     store: &Store,
-    limits: &Limits,
+    settings: &Settings,
     mut progress: impl FnMut(&Processed),
 ) -> Result<DrainReport, PipelineError> {
     let mut report = DrainReport::default();
@@ -295,7 +337,7 @@ pub fn drain(
         }
         for id in pending {
             tried.insert(id);
-            match process_entry(store, id, limits) {
+            match process_entry(store, id, settings) {
                 Ok(processed) => {
                     report.add(&processed.outcome);
                     progress(&processed);

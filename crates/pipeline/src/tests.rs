@@ -850,7 +850,7 @@ mod store {
     use mailroom_store::{MessageFlag, Store, StoreOptions, TicketId};
 
     use super::envelope;
-    use crate::{drain, process_entry, Limits, Outcome, Processed};
+    use crate::{drain, process_entry, Outcome, Processed, Settings};
 
     fn open() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -866,7 +866,7 @@ mod store {
 
     fn run(store: &Store, mail_from: &str, raw: &str) -> Processed {
         let id = spool(store, mail_from, raw);
-        process_entry(store, id, &Limits::default()).unwrap()
+        process_entry(store, id, &Settings::default()).unwrap()
     }
 
     fn mail(from: &str, id: &str, subject: &str, extra: &str) -> String {
@@ -1174,8 +1174,8 @@ mod store {
             "alice@example.com",
             &mail("alice@example.com", "a1@example.com", "Once", ""),
         );
-        let first = process_entry(&store, id, &Limits::default()).unwrap();
-        let second = process_entry(&store, id, &Limits::default()).unwrap();
+        let first = process_entry(&store, id, &Settings::default()).unwrap();
+        let second = process_entry(&store, id, &Settings::default()).unwrap();
         assert!(matches!(first.outcome, Outcome::NewTicket { .. }));
         assert_eq!(second.outcome, Outcome::AlreadyProcessed);
         assert_eq!(store.counts().unwrap().messages, 1);
@@ -1250,7 +1250,7 @@ mod store {
         );
         spool(&store, "x@example.com", "garbage\n");
         let mut seen = 0;
-        let report = drain(&store, &Limits::default(), |_| seen += 1).unwrap();
+        let report = drain(&store, &Settings::default(), |_| seen += 1).unwrap();
         assert_eq!(seen, 4);
         assert_eq!(
             (
@@ -1263,11 +1263,90 @@ mod store {
         );
         assert_eq!(
             report.to_string(),
-            "1 new ticket(s), 1 appended, 1 orphan(s), 1 failed, 0 already processed"
+            "1 new ticket(s), 1 appended, 1 orphan(s), 0 quarantined, 1 failed, 0 already processed"
         );
         assert_eq!(store.spool_len(), 0);
-        let again = drain(&store, &Limits::default(), |_| {}).unwrap();
+        let again = drain(&store, &Settings::default(), |_| {}).unwrap();
         assert_eq!(again.total(), 0);
+    }
+
+    #[test]
+    fn the_filter_routes_spam_to_quarantine_and_marks_unsure() {
+        let (_d, store) = open();
+        let filter = crate::Filter::default();
+        // Teach the filter: pills are spam, meetings are ham.
+        for i in 0..20 {
+            for (label, raw) in [
+                (
+                    mailroom_spamfilter::Label::Spam,
+                    mail(
+                        "spammer@example.net",
+                        &format!("s{i}@example.net"),
+                        "cheap pills viagra discount",
+                        "",
+                    ) + "buy cheap pills now viagra discount pharmacy\r\n",
+                ),
+                (
+                    mailroom_spamfilter::Label::Ham,
+                    mail(
+                        "alice@example.com",
+                        &format!("h{i}@example.com"),
+                        "meeting notes printer",
+                        "",
+                    ) + "the printer in room 4 needs toner before the meeting\r\n",
+                ),
+            ] {
+                let features = filter.tokenizer().tokenize(raw.as_bytes());
+                let fp: [u8; 32] = sha2::Digest::finalize(
+                    <sha2::Sha256 as sha2::Digest>::new_with_prefix(raw.as_bytes()),
+                )
+                .into();
+                store
+                    .filter_train(filter.classifier(), &features, &fp, label, None, 20_000)
+                    .unwrap();
+            }
+        }
+        let settings = Settings {
+            filter: Some(filter),
+            ..Settings::default()
+        };
+        let id = spool(
+            &store,
+            "spammer@example.net",
+            &(mail(
+                "spammer@example.net",
+                "new-s@example.net",
+                "cheap pills viagra discount",
+                "",
+            ) + "buy cheap pills now viagra discount pharmacy\r\n"),
+        );
+        let p = process_entry(&store, id, &settings).unwrap();
+        let Outcome::Quarantined { message, .. } = p.outcome else {
+            panic!("{p:?}")
+        };
+        let q = store.quarantine().unwrap();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0].id, message.0);
+        let c = q[0].classification.as_ref().expect("classified");
+        assert_eq!(c.verdict, mailroom_store::Verdict::Spam);
+        assert!(c
+            .clues
+            .iter()
+            .any(|k| k.token.as_deref().is_some_and(|t| t.contains("pills"))));
+        assert!(store.tickets().unwrap().is_empty());
+
+        let id = spool(
+            &store,
+            "alice@example.com",
+            &(mail(
+                "alice@example.com",
+                "new-h@example.com",
+                "meeting notes printer",
+                "",
+            ) + "the printer in room 4 needs toner before the meeting\r\n"),
+        );
+        let p = process_entry(&store, id, &settings).unwrap();
+        assert!(matches!(p.outcome, Outcome::NewTicket { .. }), "{p:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1282,7 +1361,12 @@ mod store {
             );
         }
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let handle = tokio::spawn(crate::run_workers(store.clone(), 3, Limits::default(), rx));
+        let handle = tokio::spawn(crate::run_workers(
+            store.clone(),
+            3,
+            tokio::sync::watch::channel(std::sync::Arc::new(Settings::default())).1,
+            rx,
+        ));
         // Appended while they run: woken by the notification.
         for i in 5..10 {
             spool(

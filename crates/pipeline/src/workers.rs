@@ -10,7 +10,7 @@ use mailroom_store::Store;
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio::time::Instant;
 
-use crate::{process_entry, Limits, Outcome, PipelineError, Processed};
+use crate::{process_entry, Outcome, PipelineError, Processed, Settings};
 
 /// How often the dispatcher looks at the spool even without a notification.
 const RECHECK: Duration = Duration::from_secs(2);
@@ -66,7 +66,7 @@ struct Retry {
 pub async fn run_workers(
     store: Store,
     workers: usize,
-    limits: Limits,
+    settings: watch::Receiver<Arc<Settings>>,
     shutdown: watch::Receiver<bool>,
 ) {
     let workers = workers.max(1);
@@ -74,14 +74,13 @@ pub async fn run_workers(
     let work_rx = Arc::new(Mutex::new(work_rx));
     // Each worker reports each id it took exactly once; at most `2 * workers` ids are out.
     let (done_tx, done_rx) = mpsc::channel::<(SpoolId, bool)>(workers * 2 + 1);
-    let limits = Arc::new(limits);
 
     let mut handles = Vec::with_capacity(workers);
     for n in 0..workers {
         handles.push(tokio::spawn(worker(
             n,
             store.clone(),
-            limits.clone(),
+            settings.clone(),
             work_rx.clone(),
             done_tx.clone(),
             shutdown.clone(),
@@ -243,7 +242,7 @@ fn backoff(failures: u32) -> Duration {
 async fn worker(
     n: usize,
     store: Store,
-    limits: Arc<Limits>,
+    settings: watch::Receiver<Arc<Settings>>,
     work_rx: Arc<Mutex<mpsc::Receiver<SpoolId>>>,
     done_tx: mpsc::Sender<(SpoolId, bool)>,
     mut shutdown: watch::Receiver<bool>,
@@ -273,8 +272,9 @@ async fn worker(
         }
         let result = {
             let store = store.clone();
-            let limits = limits.clone();
-            tokio::task::spawn_blocking(move || process_entry(&store, id, &limits)).await
+            // The settings in force now: a config reload applies to the next message.
+            let settings = settings.borrow().clone();
+            tokio::task::spawn_blocking(move || process_entry(&store, id, &settings)).await
         };
         let ok = match result {
             Ok(Ok(processed)) => {
