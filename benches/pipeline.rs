@@ -1,7 +1,7 @@
 //! Parse + ticket creation: the pipeline's cost per message on the real store (sled, fsync on).
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use mailroom_pipeline::{process_entry, Limits};
+use mailroom_pipeline::{process_entry, Settings};
 use mailroom_spool::{Envelope, Source};
 use mailroom_store::{Store, StoreOptions};
 
@@ -33,12 +33,16 @@ fn bench(c: &mut Criterion) {
     let bytes: usize = messages.iter().map(Vec::len).sum();
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path(), StoreOptions::default()).expect("store");
-    let limits = Limits::default();
+    let settings = Settings {
+        filter: Some(mailroom_pipeline::Filter::default()),
+        ..Settings::default()
+    };
+    let limits = settings.limits.clone();
 
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(1));
     let mut i = 0usize;
-    group.bench_function("spool+parse+ticket (one message, fsync)", |b| {
+    group.bench_function("spool+parse+classify+ticket (one message, fsync)", |b| {
         b.iter_batched(
             || {
                 i = (i + 1) % messages.len();
@@ -46,7 +50,7 @@ fn bench(c: &mut Criterion) {
                     .spool_append_blocking(envelope(), messages[i].clone())
                     .expect("spool")
             },
-            |id| process_entry(&store, id, &limits).expect("process"),
+            |id| process_entry(&store, id, &settings).expect("process"),
             BatchSize::SmallInput,
         )
     });

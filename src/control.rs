@@ -9,10 +9,13 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 use base64::Engine;
 use mailroom_config::Config;
+use mailroom_pipeline::{Filter, Settings};
+use mailroom_spamfilter::Label;
 use mailroom_spool::{Envelope, Source};
 use mailroom_store::{FailedId, MessageKey, Store, StoreError, TicketId};
 use serde::{Deserialize, Serialize};
@@ -45,6 +48,46 @@ pub enum Request {
     },
     /// Store counts.
     Stats,
+    /// Train the filter on one message.
+    FilterTrain {
+        /// The raw message, base64.
+        raw_b64: String,
+        /// `ham` or `spam`.
+        label: Label,
+    },
+    /// Untrain a message learned before.
+    FilterUntrain {
+        /// The raw message, base64.
+        raw_b64: String,
+    },
+    /// Score one message (nothing is stored or learned).
+    FilterClassify {
+        /// The raw message, base64.
+        raw_b64: String,
+    },
+    /// Model size and counts.
+    FilterStats,
+    /// Drop rare old tokens.
+    FilterExpire {
+        /// Days since the epoch: tokens last seen before this day may go.
+        before_day: u32,
+        /// Only tokens seen in at most this many messages.
+        max_count: u32,
+    },
+    /// The model, in mailroom's portable format (base64 in the answer).
+    FilterExport,
+    /// Replace the model.
+    FilterImport {
+        /// A model file, base64.
+        model_b64: String,
+    },
+    /// Quarantined messages.
+    QuarantineList,
+    /// One quarantined message.
+    QuarantineShow {
+        /// Message id.
+        id: u64,
+    },
     /// Spool one message read from a file.
     Ingest {
         /// Where it was read from (kept as the envelope's peer).
@@ -73,6 +116,7 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
     let options = mailroom_store::StoreOptions {
         spool_max_entries: config.store.spool_max_entries,
         spool_key_lifetime_secs: config.store.spool_key_lifetime_hours.saturating_mul(3600),
+        cache_capacity_bytes: config.store.cache_mb.saturating_mul(1024 * 1024),
     };
     Store::open(&config.store.path, options)
         .with_context(|| format!("opening the store in {}", config.store.path.display()))
@@ -85,11 +129,21 @@ pub fn connect(config: &Config) -> Option<UnixStream> {
 
 /// Send `request` to the running server, or, when none runs, open the store and answer it here.
 pub fn call(config: &Config, request: Request) -> anyhow::Result<Value> {
+    call_with(config, request, false)
+}
+
+/// [`call`]; with `starter`, a store opened here that has learned nothing first loads the
+/// starter model, as `serve` does (for commands that classify).
+pub fn call_with(config: &Config, request: Request, starter: bool) -> anyhow::Result<Value> {
     if let Some(mut stream) = connect(config) {
         return call_remote(&mut stream, &request);
     }
     let store = open_store(config)?;
-    handle(&store, request).map_err(|e| anyhow!(e))
+    let settings = crate::serve::settings(config)?;
+    if starter {
+        crate::serve::load_starter_model(config, &store)?;
+    }
+    handle(&store, &settings, request).map_err(|e| anyhow!(e))
 }
 
 /// Send one request over an open connection and read its answer.
@@ -117,7 +171,7 @@ pub fn call_remote(stream: &mut UnixStream, request: &Request) -> anyhow::Result
 }
 
 /// Answer a request against an open store. Used by the server and by commands run without one.
-pub fn handle(store: &Store, request: Request) -> Result<Value, String> {
+pub fn handle(store: &Store, settings: &Settings, request: Request) -> Result<Value, String> {
     fn to_value<T: Serialize>(v: T) -> Result<Value, String> {
         serde_json::to_value(v).map_err(|e| e.to_string())
     }
@@ -154,16 +208,97 @@ pub fn handle(store: &Store, request: Request) -> Result<Value, String> {
             None => Err(format!("no message {id}")),
         },
         Request::Stats => to_value(store.counts().map_err(err)?),
+        Request::FilterTrain { raw_b64, label } => {
+            let raw = decode(&raw_b64)?;
+            let filter = filter_of(settings);
+            let features = filter.tokenizer().tokenize(&raw);
+            let outcome = store
+                .filter_train(
+                    filter.classifier(),
+                    &features,
+                    &fingerprint(&raw),
+                    label,
+                    None,
+                    today(),
+                )
+                .map_err(err)?;
+            to_value(outcome)
+        }
+        Request::FilterUntrain { raw_b64 } => {
+            let raw = decode(&raw_b64)?;
+            let filter = filter_of(settings);
+            let features = filter.tokenizer().tokenize(&raw);
+            let done = store
+                .filter_untrain(filter.classifier(), &features, &fingerprint(&raw))
+                .map_err(err)?;
+            Ok(json!({ "untrained": done }))
+        }
+        Request::FilterClassify { raw_b64 } => {
+            let raw = decode(&raw_b64)?;
+            let classification = filter_of(settings)
+                .classify(store, &raw)
+                .map_err(|e| e.to_string())?;
+            to_value(classification)
+        }
+        Request::FilterStats => to_value(store.filter_stats().map_err(err)?),
+        Request::FilterExpire {
+            before_day,
+            max_count,
+        } => {
+            let removed = store.filter_expire(before_day, max_count).map_err(err)?;
+            Ok(json!({ "removed": removed }))
+        }
+        Request::FilterExport => {
+            let mut out = Vec::new();
+            let tokens = store.filter_export(&mut out).map_err(err)?;
+            Ok(json!({
+                "tokens": tokens,
+                "model_b64": base64::engine::general_purpose::STANDARD.encode(out),
+            }))
+        }
+        Request::FilterImport { model_b64 } => {
+            let model = decode(&model_b64)?;
+            let tokens = store.filter_import(&mut model.as_slice()).map_err(err)?;
+            Ok(json!({ "tokens": tokens }))
+        }
+        Request::QuarantineList => to_value(store.quarantine().map_err(err)?),
+        Request::QuarantineShow { id } => {
+            match store.quarantine_get(MessageKey(id)).map_err(err)? {
+                Some(m) => to_value(m),
+                None => Err(format!("no quarantined message {id}")),
+            }
+        }
         Request::Ingest { origin, raw_b64 } => {
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(raw_b64.as_bytes())
-                .map_err(|e| format!("bad base64: {e}"))?;
+            let raw = decode(&raw_b64)?;
             let id = store
                 .spool_append_blocking(file_envelope(&origin), raw)
                 .map_err(err)?;
             Ok(json!({"spool": id.0}))
         }
     }
+}
+
+fn decode(b64: &str) -> Result<Vec<u8>, String> {
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .map_err(|e| format!("bad base64: {e}"))
+}
+
+/// The filter to train and classify with: the configured one, or the defaults when the filter
+/// is disabled for incoming mail (training by hand still works then).
+fn filter_of(settings: &Settings) -> Filter {
+    settings.filter.clone().unwrap_or_default()
+}
+
+/// The fingerprint that makes training idempotent: SHA-256 of the raw bytes.
+pub fn fingerprint(raw: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(raw).into()
+}
+
+/// Days since the Unix epoch (the filter's clock for token expiry).
+pub fn today() -> u32 {
+    (now_secs() / 86_400) as u32
 }
 
 /// The envelope of a message read from a file.
@@ -191,6 +326,7 @@ pub fn now_secs() -> u64 {
 pub async fn serve(
     path: &Path,
     store: Store,
+    settings: tokio::sync::watch::Receiver<Arc<Settings>>,
     max_request: usize,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -216,8 +352,9 @@ pub async fn serve(
                     }
                 };
                 let store = store.clone();
+                let settings = settings.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, store, max_request).await {
+                    if let Err(e) = serve_connection(stream, store, settings, max_request).await {
                         tracing::warn!(error = %e, "control connection failed");
                     }
                 });
@@ -232,6 +369,7 @@ pub async fn serve(
 async fn serve_connection(
     stream: tokio::net::UnixStream,
     store: Store,
+    settings: tokio::sync::watch::Receiver<Arc<Settings>>,
     max_request: usize,
 ) -> anyhow::Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -256,7 +394,10 @@ async fn serve_connection(
                 },
                 Ok(request) => {
                     let store = store.clone();
-                    match tokio::task::spawn_blocking(move || handle(&store, request)).await {
+                    let settings = settings.borrow().clone();
+                    match tokio::task::spawn_blocking(move || handle(&store, &settings, request))
+                        .await
+                    {
                         Ok(Ok(v)) => Response {
                             ok: Some(v),
                             error: None,

@@ -5,22 +5,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 
 use base64::Engine;
-use indicatif::{ProgressBar, ProgressStyle};
 use mailroom_config::Config;
 use mailroom_pipeline::sources;
 
 use crate::control::{self, Request};
-
-fn progress(len: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    if let Ok(style) =
-        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(what.to_string());
-    bar
-}
 
 /// Read every message under `paths`; hand them to the running server, or spool and process them
 /// here when none runs.
@@ -29,7 +17,7 @@ pub fn ingest(config: &Config, paths: &[PathBuf]) -> anyhow::Result<()> {
     let total = sources::count(paths, max) as u64;
     let mut unreadable = 0usize;
     let mut spooled = 0usize;
-    let bar = progress(total, "spooling");
+    let bar = crate::output::progress(total, "spooling", false);
 
     if let Some(mut stream) = control::connect(config) {
         for item in sources::read(paths, max) {
@@ -72,9 +60,10 @@ pub fn ingest(config: &Config, paths: &[PathBuf]) -> anyhow::Result<()> {
         }
         bar.finish_and_clear();
         let pending = store.spool_len() as u64;
-        let bar = progress(pending, "processing");
-        let limits = crate::serve::limits(config);
-        let report = mailroom_pipeline::drain(&store, &limits, |_| bar.inc(1))?;
+        let bar = crate::output::progress(pending, "processing", false);
+        let settings = crate::serve::settings(config)?;
+        crate::serve::load_starter_model(config, &store)?;
+        let report = mailroom_pipeline::drain(&store, &settings, |_| bar.inc(1))?;
         bar.finish_and_clear();
         store.flush()?;
         println!("spooled {spooled} message(s); {report}");

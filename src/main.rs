@@ -2,6 +2,8 @@
 //! the running server over its control socket) and starts the services from the library crates.
 
 mod control;
+mod eval;
+mod filter_cmd;
 mod ingest;
 mod output;
 mod serve;
@@ -54,6 +56,16 @@ enum Command {
         #[command(subcommand)]
         command: FailedCommand,
     },
+    /// The spam filter: train, untrain, classify, stats, expire, export, import, eval.
+    Filter {
+        #[command(subcommand)]
+        command: FilterCommand,
+    },
+    /// Messages the spam filter called spam.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
     /// Stored messages.
     Messages {
         #[command(subcommand)]
@@ -97,6 +109,107 @@ enum TicketsCommand {
         #[command(flatten)]
         common: Common,
         /// Ticket number.
+        id: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FilterCommand {
+    /// Learn messages as ham and/or spam (files, directories, maildirs, mboxes). Training the
+    /// same message twice is a no-op; training it with the other label relabels it.
+    Train {
+        #[command(flatten)]
+        common: Common,
+        /// Paths of ham (good mail).
+        #[arg(long, num_args = 1.., value_name = "PATH")]
+        ham: Vec<PathBuf>,
+        /// Paths of spam.
+        #[arg(long, num_args = 1.., value_name = "PATH")]
+        spam: Vec<PathBuf>,
+        /// A TREC-style index (`ham PATH` / `spam PATH` lines, paths relative to it): train in
+        /// its order, which interleaves the labels as online learning wants.
+        #[arg(long, value_name = "FILE")]
+        index: Option<PathBuf>,
+        /// Print the counts as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget messages learned before (whatever their label).
+    Untrain {
+        #[command(flatten)]
+        common: Common,
+        /// Files, directories, maildirs or mboxes.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Print the counts as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Score one message: verdict, score and the tokens that decided. Nothing is stored.
+    Classify {
+        #[command(flatten)]
+        common: Common,
+        /// The message file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Messages learned, tokens, bytes on disk.
+    Stats {
+        #[command(flatten)]
+        common: Common,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop rare tokens not seen for a long time, to keep the model bounded.
+    Expire {
+        #[command(flatten)]
+        common: Common,
+        /// Not seen for this many days (default: filter.expire_days).
+        #[arg(long)]
+        days: Option<u32>,
+        /// Only tokens seen in at most this many messages.
+        #[arg(long, default_value_t = 1)]
+        max_count: u32,
+    },
+    /// Write the model (token counts and totals) to a file.
+    Export {
+        #[command(flatten)]
+        common: Common,
+        /// Output file.
+        file: PathBuf,
+    },
+    /// Replace the model with one from `filter export`.
+    Import {
+        #[command(flatten)]
+        common: Common,
+        /// Model file.
+        file: PathBuf,
+    },
+    /// Measure accuracy with TREC's immediate-feedback protocol on a fresh temporary model.
+    Eval(eval::EvalArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum QuarantineCommand {
+    /// List quarantined messages, newest first.
+    List {
+        #[command(flatten)]
+        common: Common,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one quarantined message with its score and the tokens that decided.
+    Show {
+        #[command(flatten)]
+        common: Common,
+        /// Message id.
         id: u64,
         /// Print JSON.
         #[arg(long)]
@@ -207,6 +320,54 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+        Command::Filter { command } => {
+            match command {
+                FilterCommand::Train {
+                    common,
+                    ham,
+                    spam,
+                    index,
+                    json,
+                } => {
+                    filter_cmd::train(&load_config(&common)?, &ham, &spam, index.as_deref(), json)?
+                }
+                FilterCommand::Untrain {
+                    common,
+                    paths,
+                    json,
+                } => filter_cmd::untrain(&load_config(&common)?, &paths, json)?,
+                FilterCommand::Classify { common, file, json } => {
+                    filter_cmd::classify(&load_config(&common)?, &file, json)?
+                }
+                FilterCommand::Stats { common, json } => {
+                    filter_cmd::stats(&load_config(&common)?, json)?
+                }
+                FilterCommand::Expire {
+                    common,
+                    days,
+                    max_count,
+                } => filter_cmd::expire(&load_config(&common)?, days, max_count)?,
+                FilterCommand::Export { common, file } => {
+                    filter_cmd::export(&load_config(&common)?, &file)?
+                }
+                FilterCommand::Import { common, file } => {
+                    filter_cmd::import(&load_config(&common)?, &file)?
+                }
+                FilterCommand::Eval(args) => eval::run(&args)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Quarantine { command } => {
+            match command {
+                QuarantineCommand::List { common, json } => {
+                    filter_cmd::quarantine_list(&load_config(&common)?, json)?
+                }
+                QuarantineCommand::Show { common, id, json } => {
+                    filter_cmd::quarantine_show(&load_config(&common)?, id, json)?
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Messages {
             command: MessagesCommand::Raw { common, id },
         } => {

@@ -4,6 +4,21 @@ use anyhow::Context;
 use mailroom_store::{Counts, FailedEntry, MessageFlag, MessageView, TicketDetail, TicketSummary};
 use serde_json::Value;
 
+/// A progress bar (hidden when `quiet`, e.g. with `--json`).
+pub fn progress(len: u64, what: &str, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg:>10} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
 fn print_json(value: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -67,7 +82,7 @@ pub fn tickets_list(value: &Value, json: bool) -> anyhow::Result<()> {
             mailroom_store::TicketStatus::Closed => "closed",
         };
         println!(
-            "{:>6}  {:<6}  {:>4}  {:>4}  {:<20}  {:<30}  {}{}",
+            "{:>6}  {:<6}  {:>4}  {:>4}  {:<20}  {:<30}  {}{}{}",
             t.id,
             status,
             t.messages,
@@ -75,13 +90,15 @@ pub fn tickets_list(value: &Value, json: bool) -> anyhow::Result<()> {
             timestamp(t.created_at),
             t.requester,
             if t.flagged { "[!] " } else { "" },
+            if t.unsure { "[unsure] " } else { "" },
             t.subject
         );
     }
     Ok(())
 }
 
-fn print_message(m: &MessageView) {
+/// Print one message for people: header lines, flags, verdict, attachments, text.
+pub fn print_message(m: &MessageView) {
     let from = match &m.from_name {
         Some(name) => format!("{name} <{}>", m.from),
         None => m.from.clone(),
@@ -97,6 +114,30 @@ fn print_message(m: &MessageView) {
     }
     for flag in &m.flags {
         println!("    flag: {}", flag_text(flag));
+    }
+    if m.quarantined {
+        println!("    quarantined");
+    }
+    if let Some(c) = &m.classification {
+        let tokens: Vec<String> = c
+            .clues
+            .iter()
+            .take(6)
+            .map(|k| {
+                format!(
+                    "{} ({:.2})",
+                    k.token.as_deref().unwrap_or("?"),
+                    k.probability
+                )
+            })
+            .collect();
+        println!(
+            "    spam filter: {:?}, score {:.4} ({}); deciding: {}",
+            c.verdict,
+            c.score,
+            c.algorithm,
+            tokens.join(", ")
+        );
     }
     for a in &m.attachments {
         println!(

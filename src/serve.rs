@@ -6,8 +6,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use mailroom_config::Config;
-use mailroom_pipeline::Limits;
+use mailroom_config::FilterAlgorithm;
+use mailroom_pipeline::{Filter, Limits, Settings};
 use mailroom_smtp::SmtpConfig;
+use mailroom_spamfilter::Algorithm;
+use mailroom_store::Store;
 use tokio::sync::watch;
 
 /// The pipeline's limits from the config.
@@ -18,6 +21,57 @@ pub fn limits(config: &Config) -> Limits {
         max_nesting_depth: config.pipeline.max_nesting_depth,
         max_message_size: config.smtp.max_message_size,
     }
+}
+
+/// The pipeline's settings (limits and spam filter) from the config.
+pub fn settings(config: &Config) -> anyhow::Result<Settings> {
+    let f = &config.filter;
+    let filter = if f.enabled {
+        let algorithm = match f.algorithm {
+            FilterAlgorithm::Fusion => Algorithm::Fusion,
+            FilterAlgorithm::Fisher => Algorithm::Fisher,
+            FilterAlgorithm::NaiveBayes => Algorithm::NaiveBayes,
+            FilterAlgorithm::Logistic => Algorithm::Logistic,
+        };
+        Some(
+            Filter::new(algorithm, f.ham_cutoff, f.spam_cutoff, f.explain_tokens)
+                .context("filter settings")?,
+        )
+    } else {
+        None
+    };
+    Ok(Settings {
+        limits: limits(config),
+        filter,
+    })
+}
+
+/// The starter model built into the binary: trained on the SpamAssassin public corpus
+/// (see `models/README.md` for the recipe).
+pub const BUILTIN_STARTER_MODEL: &[u8] = include_bytes!("../models/starter.mrfm");
+
+/// When the store has learned nothing yet, load the starter model (`filter.starter_model`, or
+/// the built-in one) so that a fresh installation classifies from its first message.
+pub fn load_starter_model(config: &Config, store: &Store) -> anyhow::Result<()> {
+    if !store.filter_is_empty()? {
+        return Ok(());
+    }
+    let tokens = match &config.filter.starter_model {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("reading filter.starter_model {}", path.display()))?;
+            store
+                .filter_import(&mut bytes.as_slice())
+                .with_context(|| format!("loading filter.starter_model {}", path.display()))?
+        }
+        // Only while bootstrapping (scripts/build-starter-model) is the built-in model empty.
+        None if BUILTIN_STARTER_MODEL.is_empty() => return Ok(()),
+        None => store
+            .filter_import(&mut &BUILTIN_STARTER_MODEL[..])
+            .context("loading the built-in starter model")?,
+    };
+    tracing::info!(tokens, "loaded the starter model");
+    Ok(())
 }
 
 /// The SMTP server's settings from the config (loads the TLS certificate when configured).
@@ -74,9 +128,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let smtp = smtp_config(&config)?;
     std::fs::create_dir_all(&config.store.path)
         .with_context(|| format!("creating {}", config.store.path.display()))?;
+    let settings = settings(&config)?;
     let store = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || crate::control::open_store(&config)).await??
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Store> {
+            let store = crate::control::open_store(&config)?;
+            load_starter_model(&config, &store)?;
+            Ok(store)
+        })
+        .await??
     };
 
     let mut listeners = Vec::new();
@@ -89,10 +149,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // New settings sent here apply to the next message (a reload is a later feature).
+    let (_settings_tx, settings_rx) = watch::channel(Arc::new(settings));
     let workers = tokio::spawn(mailroom_pipeline::run_workers(
         store.clone(),
         config.pipeline.workers,
-        limits(&config),
+        settings_rx.clone(),
         shutdown_rx.clone(),
     ));
     let control = {
@@ -100,7 +162,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let store = store.clone();
         let max_request = config.smtp.max_message_size / 3 * 4 + 64 * 1024;
         let rx = shutdown_rx.clone();
-        tokio::spawn(async move { crate::control::serve(&path, store, max_request, rx).await })
+        let settings = settings_rx.clone();
+        tokio::spawn(
+            async move { crate::control::serve(&path, store, settings, max_request, rx).await },
+        )
     };
 
     // Only new sessions read the config; a reload (a later feature) sends a new one here.
