@@ -98,6 +98,48 @@ fn bench(c: &mut Criterion) {
         )
     });
     g.finish();
+
+    // The same through the real store (sled journal + in-memory table), as the pipeline does.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = mailroom_store::Store::open(dir.path(), mailroom_store::StoreOptions::default())
+        .expect("store");
+    for (i, (label, raw)) in pretrain.iter().enumerate() {
+        let f = tokenizer.tokenize(raw);
+        let mut fp = [0u8; 32];
+        fp[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        store
+            .filter_train(&classifier, &f, &fp, *label, None, 0)
+            .expect("train");
+    }
+    let view = store.filter_tokens();
+    let mut g = c.benchmark_group("filter_store");
+    g.throughput(Throughput::Elements(measured.len() as u64));
+    g.sample_size(20);
+    g.bench_function("classify (store)", |b| {
+        b.iter(|| {
+            for (_, f) in &features {
+                black_box(classifier.classify(&view, black_box(f)).expect("classify"));
+            }
+        })
+    });
+    g.throughput(Throughput::Elements(50));
+    g.bench_function("train durable, one fsync each (store)", |b| {
+        let mut n = 1u64 << 32;
+        b.iter(|| {
+            // Fresh fingerprints: every iteration learns, none is a no-op.
+            for (label, f) in features.iter().take(50) {
+                n += 1;
+                let mut fp = [0u8; 32];
+                fp[..8].copy_from_slice(&n.to_le_bytes());
+                black_box(
+                    store
+                        .filter_train(&classifier, f, &fp, *label, None, 0)
+                        .expect("train"),
+                );
+            }
+        })
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);

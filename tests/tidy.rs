@@ -56,7 +56,7 @@ fn only_store_names_sled() {
         offenders.is_empty(),
         "sled named outside crates/store: {offenders:?}"
     );
-    for krate in ["config", "spool", "pipeline", "smtp"] {
+    for krate in ["config", "spool", "spamfilter", "pipeline", "smtp"] {
         let deps = dependencies(&root().join(format!("crates/{krate}/Cargo.toml")));
         assert!(!deps.iter().any(|d| d == "sled"), "{krate} depends on sled");
     }
@@ -70,14 +70,29 @@ fn smtp_knows_nothing_of_tickets_or_storage() {
 }
 
 #[test]
-fn config_and_spool_are_not_async() {
-    for krate in ["config", "spool"] {
+fn config_spool_and_spamfilter_are_not_async() {
+    for krate in ["config", "spool", "spamfilter"] {
         let deps = dependencies(&root().join(format!("crates/{krate}/Cargo.toml")));
         for banned in ["tokio", "sled", "futures", "async-std"] {
             assert!(
                 !deps.iter().any(|d| d == banned),
                 "{krate} depends on {banned}"
             );
+        }
+    }
+}
+
+#[test]
+fn spamfilter_and_spool_do_no_io() {
+    for krate in ["spamfilter", "spool"] {
+        let mut files = Vec::new();
+        rust_files(&root().join(format!("crates/{krate}/src")), &mut files);
+        assert!(!files.is_empty());
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for banned in ["std::fs", "TcpStream", "UdpSocket", "File::open", "tokio::"] {
+                assert!(!text.contains(banned), "{} uses {banned}", f.display());
+            }
         }
     }
 }
