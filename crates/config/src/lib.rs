@@ -43,6 +43,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// `[filter]`: the spam filter's cutoffs and combiner.
     pub filter: FilterConfig,
+    /// `[http]`: the HTTP API for agents and admins.
+    pub http: HttpConfig,
     /// `[log]`: log verbosity and output format.
     pub log: LogConfig,
 }
@@ -210,6 +212,46 @@ impl Default for PipelineConfig {
             max_mime_parts: 1000,
             max_header_fields: 1000,
             max_nesting_depth: 20,
+        }
+    }
+}
+
+/// `[http]`: the HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `http.listen`: socket addresses for the API (default `["127.0.0.1:8025"]`; an empty list
+    /// turns the API off).
+    pub listen: Vec<SocketAddr>,
+    /// `http.agent_networks`: CIDR networks agents' requests may come from (default loopback
+    /// only).
+    pub agent_networks: Vec<String>,
+    /// `http.admin_networks`: CIDR networks admins' requests may come from (default loopback
+    /// only).
+    pub admin_networks: Vec<String>,
+    /// `http.max_body_bytes`: the largest request body (default 1 MiB, 1 KiB to 64 MiB); larger
+    /// gets 413.
+    pub max_body_bytes: usize,
+    /// `http.auth_failures_per_minute`: failed authentications allowed per client address per
+    /// minute before 429 (default 10, 1 to 10000).
+    pub auth_failures_per_minute: u32,
+    /// `http.tls_cert`: PEM certificate chain; the API speaks HTTPS when both this and
+    /// `http.tls_key` are set.
+    pub tls_cert: Option<PathBuf>,
+    /// `http.tls_key`: PEM private key for `http.tls_cert`.
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8025))],
+            agent_networks: vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()],
+            admin_networks: vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()],
+            max_body_bytes: 1024 * 1024,
+            auth_failures_per_minute: 10,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

@@ -206,6 +206,60 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
 
     c.range("store.cache_mb", config.store.cache_mb, 8, 65_536);
 
+    let http = &config.http;
+    for (i, addr) in http.listen.iter().enumerate() {
+        if http.listen[..i].contains(addr) {
+            c.fail("http.listen", Some(i), format!("`{addr}` is listed twice"));
+        }
+        if config.smtp.listen.contains(addr) {
+            c.fail(
+                "http.listen",
+                Some(i),
+                format!("`{addr}` is also in `smtp.listen`"),
+            );
+        }
+    }
+    for (key, nets) in [
+        ("http.agent_networks", &http.agent_networks),
+        ("http.admin_networks", &http.admin_networks),
+    ] {
+        for (i, net) in nets.iter().enumerate() {
+            if !is_cidr(net) {
+                c.fail(
+                    key,
+                    Some(i),
+                    format!(
+                        "`{net}` is not a network in CIDR form such as `10.0.0.0/8` or `::1/128`"
+                    ),
+                );
+            }
+        }
+    }
+    c.range("http.max_body_bytes", http.max_body_bytes, 1024, 64 * MIB);
+    c.range(
+        "http.auth_failures_per_minute",
+        http.auth_failures_per_minute,
+        1,
+        10_000,
+    );
+    match (&http.tls_cert, &http.tls_key) {
+        (Some(cert), Some(key)) => {
+            c.path("http.tls_cert", cert);
+            c.path("http.tls_key", key);
+        }
+        (Some(_), None) => c.fail(
+            "http.tls_cert",
+            None,
+            "is set but `http.tls_key` is not; HTTPS needs both (or neither)".to_owned(),
+        ),
+        (None, Some(_)) => c.fail(
+            "http.tls_key",
+            None,
+            "is set but `http.tls_cert` is not; HTTPS needs both (or neither)".to_owned(),
+        ),
+        (None, None) => {}
+    }
+
     let filter = &config.filter;
     c.range("filter.ham_cutoff", filter.ham_cutoff, 0.0, 1.0);
     c.range("filter.spam_cutoff", filter.spam_cutoff, 0.0, 1.0);
@@ -237,6 +291,23 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
 
     // `log.level` and `log.format` are enums: serde already rejected anything else.
     c.problems
+}
+
+/// A network in CIDR form: an IPv4 or IPv6 address, `/`, and a prefix length that fits it.
+pub(crate) fn is_cidr(net: &str) -> bool {
+    let Some((addr, len)) = net.split_once('/') else {
+        return false;
+    };
+    let Ok(len) = len.parse::<u8>() else {
+        return false;
+    };
+    if addr.parse::<Ipv4Addr>().is_ok() {
+        len <= 32
+    } else if addr.parse::<Ipv6Addr>().is_ok() {
+        len <= 128
+    } else {
+        false
+    }
 }
 
 /// A plausible DNS name: ASCII labels of letters, digits and inner hyphens, 1 to 63
@@ -404,7 +475,7 @@ mod tests {
     #[test]
     fn serde_messages_are_reworded() {
         let (kind, text) = describe_serde_error(
-            "unknown field `smpt`, expected one of `store`, `smtp`, `pipeline`, `filter`, `log`",
+            "unknown field `smpt`, expected one of `store`, `smtp`, `pipeline`, `filter`, `http`, `log`",
         );
         assert_eq!(kind, ErrorKind::UnknownKey);
         assert_eq!(text, "unknown key `smpt`; did you mean `smtp`?");

@@ -112,8 +112,10 @@ fn example_lists_every_key_of_every_section_with_a_comment() {
     all.smtp.tls_cert = Some("c.pem".into());
     all.smtp.tls_key = Some("k.pem".into());
     all.filter.starter_model = Some("m.mrfm".into());
+    all.http.tls_cert = Some("hc.pem".into());
+    all.http.tls_key = Some("hk.pem".into());
     let table = toml::Table::try_from(&all).unwrap();
-    assert_eq!(table.len(), 5);
+    assert_eq!(table.len(), 6);
     let mut checked = 0;
     for (name, value) in &table {
         let body = section(EXAMPLE, name);
@@ -141,7 +143,7 @@ fn example_lists_every_key_of_every_section_with_a_comment() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 4 + 13 + 4 + 7 + 2);
+    assert_eq!(checked, 4 + 13 + 4 + 7 + 7 + 2);
 }
 
 #[test]
@@ -243,7 +245,7 @@ fn unknown_scalar_at_top_level_lists_the_sections() {
     assert_err(&e, ErrorKind::UnknownKey, 2, "colour");
     assert_eq!(
         e.message(),
-        "unknown key `colour` (known keys here: store, smtp, pipeline, filter, log)"
+        "unknown key `colour` (known keys here: store, smtp, pipeline, filter, http, log)"
     );
 }
 
@@ -528,4 +530,20 @@ fn filter_cutoffs_are_checked() {
     .unwrap();
     assert_eq!(c.filter.algorithm, FilterAlgorithm::NaiveBayes);
     assert_eq!(c.filter.spam_cutoff, 0.95);
+}
+
+#[test]
+fn http_networks_and_listen_are_checked() {
+    let e = err("[http]\nagent_networks = [\"10.0.0.0/8\", \"10.0.0.1\"]\n");
+    assert_err(&e, ErrorKind::Invalid, 2, "http.agent_networks");
+    let e = err("[http]\nadmin_networks = [\"::1/129\"]\n");
+    assert_err(&e, ErrorKind::Invalid, 2, "http.admin_networks");
+    let e = err("[smtp]\nlisten = [\"127.0.0.1:8025\"]\n");
+    assert_eq!(e.key(), Some("http.listen"), "{e}");
+    let c = Config::parse(
+        "[http]\nlisten = []\nagent_networks = [\"192.0.2.0/24\"]\n",
+        "x",
+    )
+    .unwrap();
+    assert!(c.http.listen.is_empty());
 }
