@@ -220,6 +220,8 @@ class SpamAssassin(Peer):
                          f"local_tests_only, use_bayes 1, bayes_auto_learn 0, "
                          f"bayes_min_ham_num/spam_num {m}{' (default)' if m == 200 else ' (lowered)'}, "
                          f"DB_File store tied per call, bayes_auto_expire default (on)")
+        if m != 200:
+            self.notes.append(f"bayes_min_ham_num/spam_num {m} (lowered from 200)")
         self.proc = None
 
     def version(self):
@@ -317,6 +319,8 @@ class Rspamd(Peer):
                          f"Bayes on a private redis-server (unix socket), min_learns {m}"
                          f"{' (default)' if m == 200 else ' (lowered)'}, min_tokens 11, "
                          "autolearn off; " + policy)
+        if m != 200:
+            self.notes.append(f"min_learns {m} (lowered from 200)")
         self.redis = self.rspamd = None
         self.refused = {}
 
@@ -750,6 +754,7 @@ def main():
     n_spam = sum(1 for m in msgs if m[0])
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    register_pid(os.getpid())
     workdir = tempfile.mkdtemp(prefix="mr-peers-")
     results = []
     try:

@@ -35,12 +35,12 @@ export MR_PEERS_PIDFILE="$WORK/pids"
 POLICY_RC_CREATED=0
 
 cleanup() {
-  # Servers peers.py started (redis-server, rspamd, the SpamAssassin helper) normally stop with
-  # it; if it was killed, stop the ones still alive, by their recorded process ids only.
+  # peers.py and the servers it started (redis-server, rspamd, the SpamAssassin helper) normally
+  # stop by themselves; if the run was killed, stop those still alive, by their recorded ids only.
   local pid
   while read -r pid; do
     [[ -n "$pid" && -d "/proc/$pid" ]] || continue
-    if grep -qaE 'rspamd|redis-server|sa_bayes' "/proc/$pid/cmdline" 2>/dev/null; then
+    if grep -qaE 'peers\.py|rspamd|redis-server|sa_bayes' "/proc/$pid/cmdline" 2>/dev/null; then
       kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
     fi
   done < "$MR_PEERS_PIDFILE"
@@ -97,6 +97,9 @@ fi
 # Bounded in time: each peer has its own budget inside peers.py; this is the backstop.
 IFS=',' read -ra plist <<< "$PEERS"
 TOTAL=$(( (${#plist[@]} + 1) * PEER_TIMEOUT + 300 ))
+# In the background plus `wait`, so that INT/TERM reach the traps at once (the EXIT trap then
+# stops peers.py and its servers).
+timeout --signal=TERM --kill-after=60 "$TOTAL" python3 "$HERE/peers.py" "${ARGS[@]}" &
 status=0
-timeout --signal=TERM --kill-after=60 "$TOTAL" python3 "$HERE/peers.py" "${ARGS[@]}" || status=$?
+wait "$!" || status=$?
 exit "$status"
