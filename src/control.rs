@@ -55,6 +55,11 @@ pub enum Request {
         /// `ham` or `spam`.
         label: Label,
     },
+    /// Train the filter on many messages with one flush at the end.
+    FilterTrainBatch {
+        /// (raw message in base64, label) pairs.
+        items: Vec<(String, Label)>,
+    },
     /// Untrain a message learned before.
     FilterUntrain {
         /// The raw message, base64.
@@ -223,6 +228,19 @@ pub fn handle(store: &Store, settings: &Settings, request: Request) -> Result<Va
                 )
                 .map_err(err)?;
             to_value(outcome)
+        }
+        Request::FilterTrainBatch { items } => {
+            let filter = filter_of(settings);
+            let mut batch = Vec::with_capacity(items.len());
+            for (raw_b64, label) in items {
+                let raw = decode(&raw_b64)?;
+                let features = filter.tokenizer().tokenize(&raw);
+                batch.push((features, fingerprint(&raw), label, None));
+            }
+            let outcomes = store
+                .filter_train_batch(filter.classifier(), &batch, today())
+                .map_err(err)?;
+            to_value(outcomes)
         }
         Request::FilterUntrain { raw_b64 } => {
             let raw = decode(&raw_b64)?;

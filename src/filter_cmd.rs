@@ -131,14 +131,7 @@ pub fn train(
     let bar = progress(total, "training", json_out);
     let mut session = Session::open(config)?;
     let mut report = TrainReport::default();
-    let train_one =
-        |session: &mut Session, raw: &[u8], label: Label| -> anyhow::Result<TrainOutcome> {
-            let v = session.call(Request::FilterTrain {
-                raw_b64: b64(raw),
-                label,
-            })?;
-            Ok(serde_json::from_value::<TrainOutcome>(v)?)
-        };
+    let mut batch = Batch::default();
     for (label, path) in &indexed {
         bar.inc(1);
         let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -147,26 +140,23 @@ pub fn train(
             report.unreadable += 1;
             continue;
         }
-        match train_one(&mut session, &raw, *label)? {
-            TrainOutcome::Learned => report.learned += 1,
-            TrainOutcome::AlreadyLearned => report.already_learned += 1,
-            TrainOutcome::Relabeled => report.relabeled += 1,
-        }
+        batch.push(&mut session, &mut report, &raw, *label)?;
     }
     for (paths, label) in [(ham, Label::Ham), (spam, Label::Spam)] {
-        let mut outcomes = Vec::new();
-        each_message(paths, max, &mut report, &bar, |raw| {
-            outcomes.push(train_one(&mut session, &raw, label)?);
-            Ok(())
-        })?;
-        for o in outcomes {
-            match o {
-                TrainOutcome::Learned => report.learned += 1,
-                TrainOutcome::AlreadyLearned => report.already_learned += 1,
-                TrainOutcome::Relabeled => report.relabeled += 1,
+        for item in sources::read(paths, max) {
+            bar.inc(1);
+            match item {
+                Ok(msg) => batch
+                    .push(&mut session, &mut report, &msg.raw, label)
+                    .with_context(|| format!("training on {}", msg.origin))?,
+                Err(e) => {
+                    bar.suspend(|| eprintln!("mailroom: skipped: {e}"));
+                    report.unreadable += 1;
+                }
             }
         }
     }
+    batch.send(&mut session, &mut report)?;
     bar.finish_and_clear();
     if json_out {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -177,6 +167,51 @@ pub fn train(
         );
     }
     Ok(())
+}
+
+/// Messages waiting to be trained together (one flush for the lot), bounded by count and bytes.
+#[derive(Default)]
+struct Batch {
+    items: Vec<(String, Label)>,
+    bytes: usize,
+}
+
+impl Batch {
+    const MAX_MESSAGES: usize = 256;
+    const MAX_BYTES: usize = 8 * 1024 * 1024;
+
+    fn push(
+        &mut self,
+        session: &mut Session,
+        report: &mut TrainReport,
+        raw: &[u8],
+        label: Label,
+    ) -> anyhow::Result<()> {
+        self.bytes += raw.len();
+        self.items.push((b64(raw), label));
+        if self.items.len() >= Self::MAX_MESSAGES || self.bytes >= Self::MAX_BYTES {
+            self.send(session, report)?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, session: &mut Session, report: &mut TrainReport) -> anyhow::Result<()> {
+        if self.items.is_empty() {
+            return Ok(());
+        }
+        self.bytes = 0;
+        let v = session.call(Request::FilterTrainBatch {
+            items: std::mem::take(&mut self.items),
+        })?;
+        for o in serde_json::from_value::<Vec<TrainOutcome>>(v)? {
+            match o {
+                TrainOutcome::Learned => report.learned += 1,
+                TrainOutcome::AlreadyLearned => report.already_learned += 1,
+                TrainOutcome::Relabeled => report.relabeled += 1,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `filter untrain PATH...`.
