@@ -6,22 +6,40 @@
 //! Classification reads a few hundred token counts per message, thousands of messages a second,
 //! and a model holds up to millions of tokens. Kept as one sled key per token, a million tokens
 //! cost sled ~45 MiB of resident memory just to open and ~160 MiB once read (its page cache
-//! overshoots `cache_capacity`), and each lookup ~6 µs (measured, release build). So the counts
-//! are held in memory in a compact table (28 bytes a token: a sorted array of hashes and packed
-//! counts, plus a small hash map of changes since the last snapshot), and persisted as:
+//! overshoots `cache_capacity`), and each lookup ~6 µs (measured, release build). So sled
+//! holds the counts in a few large values, and classification reads them from a table in memory
+//! (never through sled), rebuilt at open:
 //!
-//! - a **snapshot file** `DIR/filter/model-<seq>.mrfm` in the model file format below (the same
-//!   bytes `filter_export` writes), and
-//! - a **journal** in sled: every training appends one entry (the exact updates applied) in the
-//!   same transaction that writes the learned-message record and the new totals. At open the
-//!   snapshot is loaded and the journal replayed (`Counts::updated`, `Totals::updated`), and the
-//!   result must equal the totals on record.
+//! - a **snapshot** in the tree `filter_snapshot`: the model file format below (the same bytes
+//!   `filter_export` writes) cut at record boundaries into values of at most 64 KiB, and
+//! - a **journal** in the tree `filter_journal`: every training appends one entry (the exact
+//!   updates applied) in the same transaction that writes the learned-message record and the
+//!   new totals. At open the snapshot is loaded and the journal replayed (`Counts::updated`,
+//!   `Totals::updated`), and the result must equal the totals on record.
+//!
+//! The table is the snapshot's record chunks as sled returned them (sled's values are
+//! reference-counted: the table shares sled's cached copy instead of copying it; 28 bytes a
+//! token, looked up by binary search over the chunks' first hashes, then within a chunk) plus a
+//! hash map of the changes since the snapshot. sled 0.34's page cache in practice never evicts
+//! these few large pages (its LRU has 256 shards), so a copy would double the model's memory.
 //!
 //! When the journal passes 4 MiB or 131,072 changed tokens, the next training writes a new
-//! snapshot (temporary file, fsync, rename, fsync of the directory), then points the state at it
-//! and drops the journal entries it holds. Expiry and import write a new snapshot directly.
-//! Token hashes are hashed words counted over many messages, not personal data: the snapshot is
-//! not encrypted.
+//! snapshot, then points the state at it and drops the journal entries it holds. Expiry and
+//! import write a new snapshot directly. Token hashes are hashed words counted over many
+//! messages, not personal data: the snapshot is not encrypted.
+//!
+//! ## Switching snapshots (crash safety)
+//!
+//! A new snapshot gets a seq above the live one (compaction: the last journal seq; expiry and
+//! import: one past it); chunks an earlier failed attempt left under that seq are removed first.
+//! Its chunks are written with plain inserts and flushed (fsync); only then is the `state` record
+//! that names it written (one insert) and flushed; only after that are the old snapshot's chunks
+//! and the journal entries the new snapshot holds removed. A crash before the state insert is
+//! durable leaves the old state with its snapshot and journal untouched; a crash after it leaves
+//! the new state with a complete, durable snapshot (and at worst journal entries it already
+//! holds). At open, every chunk of a seq other than the state's snapshot (unfinished or replaced)
+//! and every journal entry at or below it is removed. (Snapshot files under `DIR/filter/`, the
+//! layout before this one, are not read: there was no deployed data to migrate.)
 //!
 //! # Records
 //!
@@ -31,6 +49,12 @@
 //!   Absent means an empty model. Totals are those of the live model (snapshot + journal). The
 //!   generation goes up by one with every import; the expiry epoch with every expiry that
 //!   removed tokens.
+//! - `filter_snapshot`: key `seq u64 | chunk u32` (big endian; chunks numbered from 0). Values,
+//!   in order, are the snapshot's model file: chunk 0 its 64-byte header, then the records, 2,340
+//!   a chunk (65,520 bytes; the last record chunk may hold fewer, none is empty), then the
+//!   32-byte checksum alone. Loading checks that every chunk is there with exactly that length
+//!   for the header's count, and every check of an import. Only the chunks of the state's
+//!   snapshot seq are current.
 //! - `filter_journal`: key seq (u64 big endian, contiguous after the snapshot seq up to the last
 //!   seq). Value: `version u8 (1) | update count u8 | updates`, each `label u8 (0 ham, 1 spam) |
 //!   direction u8 (0 learn, 1 unlearn) | lr_step i64 | day u32 | n u32 | n token hashes u64`,
@@ -47,9 +71,10 @@
 //!
 //! Training (train, untrain, relabel) runs the pure classifier against an overlay that reads the
 //! table and buffers the updates; the journal entry, the new totals and the learned-message
-//! record are then written in one sled transaction, made durable, and applied to the table.
-//! Training, expiry, export, import and compaction are serialised by one mutex; classification
-//! takes a shared lock and reads memory only.
+//! record are then written in one sled transaction, applied to the table, and made durable
+//! ([`Store::filter_train_batch`] commits one transaction per message and flushes once at the
+//! end). Training, expiry, export, import and compaction are serialised by one mutex;
+//! classification takes a shared lock and reads memory only.
 //!
 //! # Expiry and totals
 //!
@@ -84,16 +109,15 @@
 //! Import checks the magic, version, flags, the count (at most [`MAX_MODEL_TOKENS`], equal to
 //! `distinct_tokens`), the order and non-zero counts of the records, that `ham_tokens` and
 //! `spam_tokens` are the sums of the records' counts, the checksum, and that nothing follows it.
-//! The input is streamed into a new snapshot file while it is checked (memory does not depend
-//! on what the count says); the file is loaded (its length must be exactly what the count
-//! implies) and only then does one write switch the model (and the generation, which retires
-//! every learned-message record). On any error the new file is removed and the live model is
-//! untouched.
+//! The input is streamed into the chunks of a new snapshot while it is checked (a chunk at a
+//! time: memory does not depend on what the count says); the snapshot is then loaded back from
+//! sled with every check again (the table shares its chunks) and only then does one write switch
+//! the model (and the generation, which retires every learned-message
+//! record). On any error the new chunks are removed and the live model is untouched.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use mailroom_spamfilter::store::BuildIdentityHasher;
@@ -105,7 +129,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sled::Transactional;
 
-use crate::keys::{create_private_dir, create_private_file, fsync_dir, io_err};
 use crate::model::{ContactId, MessageKey, MessageView, TicketId};
 use crate::records::{be, decode, encode, from_be, unframe, QuarantineMeta};
 use crate::spool::{abort, tx_error};
@@ -257,23 +280,6 @@ impl ModelState {
     }
 }
 
-/// Counts as held in memory: ham, spam, last_seen_day, lr_weight (low, high).
-type Packed = [u32; 5];
-
-fn pack(c: &Counts) -> Packed {
-    let w = c.lr_weight as u64;
-    [c.ham, c.spam, c.last_seen_day, w as u32, (w >> 32) as u32]
-}
-
-fn unpack(p: &Packed) -> Counts {
-    Counts {
-        ham: p[0],
-        spam: p[1],
-        last_seen_day: p[2],
-        lr_weight: (u64::from(p[3]) | (u64::from(p[4]) << 32)) as i64,
-    }
-}
-
 /// Record bytes (without the hash) of the model file.
 fn counts_bytes(c: &Counts) -> [u8; 20] {
     let mut out = [0u8; 20];
@@ -293,26 +299,84 @@ fn counts_from_bytes(b: &[u8]) -> Counts {
     }
 }
 
-/// The token counts in memory: a base (sorted hashes with packed counts, as of the snapshot)
-/// and the changes since (all-zero counts: removed).
+/// Records in each record chunk of a snapshot (65,520 bytes; the last record chunk may hold
+/// fewer).
+const RECORDS_PER_CHUNK: usize = 2_340;
+
+/// Bytes of chunk `index` of a snapshot of `count` records, 0 past the last (see the module
+/// docs: header, record chunks, checksum).
+fn chunk_len(count: u64, index: u32) -> usize {
+    let per = RECORDS_PER_CHUNK as u64;
+    let record_chunks = count.div_ceil(per);
+    match u64::from(index) {
+        0 => MODEL_HEADER_LEN,
+        i if i <= record_chunks => ((count - (i - 1) * per).min(per) as usize) * MODEL_RECORD_LEN,
+        i if i == record_chunks + 1 => MODEL_TRAILER_LEN,
+        _ => 0,
+    }
+}
+
+/// The token counts in memory: a base (the record chunks of the live snapshot, shared with
+/// sled's cache: not a copy) and the changes since (all-zero counts: removed).
 #[derive(Default)]
 struct TokenTable {
-    keys: Vec<u64>,
-    vals: Vec<Packed>,
+    /// Record chunks: each a whole number of 28-byte records, ascending by hash.
+    chunks: Vec<sled::IVec>,
+    /// Hash of the first record of each chunk.
+    firsts: Vec<u64>,
+    /// Records in the base.
+    len: u64,
     delta: HashMap<u64, Counts, BuildIdentityHasher>,
 }
 
+/// Hash of record `i` of a record chunk.
+fn record_hash(chunk: &[u8], i: usize) -> u64 {
+    le_u64(chunk, i * MODEL_RECORD_LEN)
+}
+
+/// Counts of record `i` of a record chunk.
+fn record_counts(chunk: &[u8], i: usize) -> Counts {
+    counts_from_bytes(&chunk[i * MODEL_RECORD_LEN + 8..(i + 1) * MODEL_RECORD_LEN])
+}
+
 impl TokenTable {
+    /// A table over the record chunks of a checked snapshot.
+    fn from_chunks(chunks: Vec<sled::IVec>) -> TokenTable {
+        TokenTable {
+            firsts: chunks.iter().map(|c| record_hash(c, 0)).collect(),
+            len: chunks
+                .iter()
+                .map(|c| (c.len() / MODEL_RECORD_LEN) as u64)
+                .sum(),
+            chunks,
+            delta: HashMap::default(),
+        }
+    }
+
+    fn base_get(&self, hash: u64) -> Counts {
+        let i = self.firsts.partition_point(|&f| f <= hash);
+        let Some(chunk) = i.checked_sub(1).map(|i| &self.chunks[i][..]) else {
+            return Counts::default();
+        };
+        let (mut lo, mut hi) = (0, chunk.len() / MODEL_RECORD_LEN);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match record_hash(chunk, mid).cmp(&hash) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return record_counts(chunk, mid),
+            }
+        }
+        Counts::default()
+    }
+
     fn get(&self, hash: u64) -> Counts {
         if !self.delta.is_empty() {
             if let Some(c) = self.delta.get(&hash) {
                 return *c;
             }
         }
-        match self.keys.binary_search(&hash) {
-            Ok(i) => unpack(&self.vals[i]),
-            Err(_) => Counts::default(),
-        }
+        self.base_get(hash)
     }
 
     fn set(&mut self, hash: u64, counts: Counts) {
@@ -324,80 +388,36 @@ impl TokenTable {
         let mut delta: Vec<(u64, Counts)> = self.delta.iter().map(|(h, c)| (*h, *c)).collect();
         delta.sort_unstable_by_key(|d| d.0);
         Merged {
-            keys: &self.keys,
-            vals: &self.vals,
+            chunks: &self.chunks,
+            chunk: 0,
             i: 0,
             delta,
             j: 0,
-        }
-    }
-
-    /// Fold the changes into the base, in place (merging from the back).
-    fn merge(&mut self) {
-        if self.delta.is_empty() {
-            return;
-        }
-        let mut changes: Vec<(u64, Counts)> = self.delta.drain().collect();
-        changes.sort_unstable_by_key(|c| c.0);
-        let inserts = changes
-            .iter()
-            .filter(|(h, c)| c.total() > 0 && self.keys.binary_search(h).is_err())
-            .count();
-        let old_len = self.keys.len();
-        let new_end = old_len + inserts;
-        self.keys.reserve_exact(inserts);
-        self.vals.reserve_exact(inserts);
-        self.keys.resize(new_end, 0);
-        self.vals.resize(new_end, [0; 5]);
-        // Invariant: w - i >= inserts still to place, so a write never lands on an unread base
-        // entry.
-        let (mut i, mut j, mut w) = (old_len, changes.len(), new_end);
-        while i > 0 || j > 0 {
-            let base = (i > 0).then(|| self.keys[i - 1]);
-            let change = (j > 0).then(|| changes[j - 1]);
-            let (hash, packed) = match (base, change) {
-                (Some(b), Some((h, c))) if h == b => {
-                    i -= 1;
-                    j -= 1;
-                    (h, (c.total() > 0).then(|| pack(&c)))
-                }
-                (b, Some((h, c))) if b.is_none_or(|b| h > b) => {
-                    j -= 1;
-                    (h, (c.total() > 0).then(|| pack(&c)))
-                }
-                (Some(b), _) => {
-                    i -= 1;
-                    (b, Some(self.vals[i]))
-                }
-                (None, None) => break,
-                (None, Some(_)) => unreachable!("handled by the arm above"),
-            };
-            if let Some(p) = packed {
-                w -= 1;
-                self.keys[w] = hash;
-                self.vals[w] = p;
-            }
-        }
-        if w > 0 {
-            self.keys.copy_within(w.., 0);
-            self.vals.copy_within(w.., 0);
-            self.keys.truncate(new_end - w);
-            self.vals.truncate(new_end - w);
-        }
-        if self.keys.capacity() > self.keys.len() + self.keys.len() / 4 + 1024 {
-            self.keys.shrink_to_fit();
-            self.vals.shrink_to_fit();
         }
     }
 }
 
 /// Iterator over base and changes in hash order, skipping removed tokens.
 struct Merged<'a> {
-    keys: &'a [u64],
-    vals: &'a [Packed],
+    chunks: &'a [sled::IVec],
+    chunk: usize,
+    /// Record in `chunks[chunk]`.
     i: usize,
     delta: Vec<(u64, Counts)>,
     j: usize,
+}
+
+impl Merged<'_> {
+    fn base(&mut self) -> Option<u64> {
+        while let Some(c) = self.chunks.get(self.chunk) {
+            if self.i < c.len() / MODEL_RECORD_LEN {
+                return Some(record_hash(c, self.i));
+            }
+            self.chunk += 1;
+            self.i = 0;
+        }
+        None
+    }
 }
 
 impl Iterator for Merged<'_> {
@@ -405,7 +425,7 @@ impl Iterator for Merged<'_> {
 
     fn next(&mut self) -> Option<(u64, Counts)> {
         loop {
-            let base = self.keys.get(self.i).copied();
+            let base = self.base();
             let change = self.delta.get(self.j).copied();
             let (hash, counts) = match (base, change) {
                 (None, None) => return None,
@@ -419,7 +439,7 @@ impl Iterator for Merged<'_> {
                     (h, c)
                 }
                 (Some(b), _) => {
-                    let c = unpack(&self.vals[self.i]);
+                    let c = record_counts(&self.chunks[self.chunk], self.i);
                     self.i += 1;
                     (b, c)
                 }
@@ -534,8 +554,6 @@ struct Model {
 
 /// The filter's part of a [`Store`].
 pub(crate) struct FilterState {
-    /// `DIR/filter`: snapshot files.
-    dir: PathBuf,
     /// Serialises everything that changes the model (training, expiry, import, compaction) and
     /// export.
     train: Mutex<()>,
@@ -543,16 +561,34 @@ pub(crate) struct FilterState {
     model: RwLock<Model>,
 }
 
-fn snapshot_path(dir: &Path, seq: u64) -> PathBuf {
-    dir.join(format!("model-{seq}.mrfm"))
+/// Key of chunk `chunk` of snapshot `seq` in `filter_snapshot`.
+fn chunk_key(seq: u64, chunk: u32) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..8].copy_from_slice(&seq.to_be_bytes());
+    key[8..].copy_from_slice(&chunk.to_be_bytes());
+    key
+}
+
+/// Remove every key `keys` yields from `tree`.
+fn remove_keys(
+    tree: &sled::Tree,
+    keys: impl Iterator<Item = sled::Result<sled::IVec>>,
+) -> Result<()> {
+    for key in keys {
+        tree.remove(key?)?;
+    }
+    Ok(())
+}
+
+/// Remove every chunk of snapshot `seq`.
+fn remove_snapshot(snapshots: &sled::Tree, seq: u64) -> Result<()> {
+    remove_keys(snapshots, snapshots.scan_prefix(be(seq)).keys())
 }
 
 impl FilterState {
     /// Load the snapshot, replay the journal, check the totals, and drop leftovers of an
-    /// interrupted snapshot or import.
-    pub(crate) fn open(data_dir: &Path, t: &Trees) -> Result<FilterState> {
-        let dir = data_dir.join("filter");
-        create_private_dir(&dir)?;
+    /// interrupted snapshot, import or switch.
+    pub(crate) fn open(t: &Trees) -> Result<FilterState> {
         let state = match t.filter_meta.get(STATE_KEY)? {
             Some(v) => ModelState::decode(&v)?,
             None => ModelState::default(),
@@ -560,7 +596,7 @@ impl FilterState {
         let (mut totals, mut table) = if state.snapshot == 0 {
             (Totals::default(), TokenTable::default())
         } else {
-            load_snapshot(&snapshot_path(&dir, state.snapshot))?
+            load_snapshot(&t.filter_snapshot, state.snapshot)?
         };
         let mut journal_bytes = 0u64;
         let mut next = state.snapshot + 1;
@@ -584,20 +620,27 @@ impl FilterState {
                 next - 1
             )));
         }
-        // Leftovers: journal entries inside the snapshot, other snapshot files.
-        for key in t.filter_journal.range(..=be(state.snapshot)).keys() {
-            t.filter_journal.remove(key?)?;
+        // Leftovers: journal entries inside the snapshot, chunks of other snapshots (replaced,
+        // or written but never switched to). Keys of `state.snapshot` sort between the two
+        // ranges.
+        remove_keys(
+            &t.filter_journal,
+            t.filter_journal.range(..=be(state.snapshot)).keys(),
+        )?;
+        let snapshots = &t.filter_snapshot;
+        let stale = snapshots
+            .range(..be(state.snapshot))
+            .keys()
+            .chain(snapshots.range(be(state.snapshot + 1)..).keys());
+        let mut removed = 0u64;
+        for key in stale {
+            snapshots.remove(key?)?;
+            removed += 1;
         }
-        let keep = (state.snapshot != 0).then(|| snapshot_path(&dir, state.snapshot));
-        for entry in std::fs::read_dir(&dir).map_err(|e| io_err(&dir, e))? {
-            let path = entry.map_err(|e| io_err(&dir, e))?.path();
-            if Some(&path) != keep.as_ref() {
-                tracing::info!(file = %path.display(), "removing a stale model snapshot");
-                std::fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
-            }
+        if removed > 0 {
+            tracing::info!(chunks = removed, "removed chunks of stale model snapshots");
         }
         Ok(FilterState {
-            dir,
             train: Mutex::new(()),
             model: RwLock::new(Model {
                 table,
@@ -838,6 +881,16 @@ fn invalid(msg: impl Into<String>) -> StoreError {
     StoreError::InvalidModel(msg.into())
 }
 
+/// A read error: bad data (a snapshot's chunks out of order) is an invalid model, anything else
+/// I/O.
+fn read_err(e: std::io::Error) -> StoreError {
+    if e.kind() == ErrorKind::InvalidData {
+        invalid(e.to_string())
+    } else {
+        StoreError::Io(format!("reading the model: {e}"))
+    }
+}
+
 /// Reads and checks a model file record by record.
 struct ModelReader<R: Read> {
     r: R,
@@ -857,7 +910,7 @@ impl<R: Read> ModelReader<R> {
             if e.kind() == ErrorKind::UnexpectedEof {
                 invalid(format!("truncated: the file ends in {}", what()))
             } else {
-                StoreError::Io(format!("reading the model: {e}"))
+                read_err(e)
             }
         })
     }
@@ -932,7 +985,7 @@ impl<R: Read> ModelReader<R> {
     }
 
     /// After the last record: the checksum, nothing after it, and the sums.
-    fn finish(mut self) -> Result<Totals> {
+    fn finish(&mut self) -> Result<Totals> {
         if self.read != self.count {
             return Err(invalid("not every record was read"));
         }
@@ -947,7 +1000,7 @@ impl<R: Read> ModelReader<R> {
                 Ok(0) => break,
                 Ok(_) => return Err(invalid("data after the checksum")),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(StoreError::Io(format!("reading the model: {e}"))),
+                Err(e) => return Err(read_err(e)),
             }
         }
         if self.ham != self.totals.ham_tokens || self.spam != self.totals.spam_tokens {
@@ -959,62 +1012,157 @@ impl<R: Read> ModelReader<R> {
     }
 }
 
-/// Load a snapshot file into a table (exact allocation: the file length must match the count).
-fn load_snapshot(path: &Path) -> Result<(Totals, TokenTable)> {
-    let corrupt = |e: StoreError| match e {
-        StoreError::InvalidModel(m) => {
-            StoreError::Corrupt(format!("model snapshot {}: {m}", path.display()))
-        }
-        other => other,
-    };
-    let file = File::open(path).map_err(|e| io_err(path, e))?;
-    let len = file.metadata().map_err(|e| io_err(path, e))?.len();
-    let mut reader =
-        ModelReader::new(BufReader::with_capacity(64 * 1024, file)).map_err(corrupt)?;
-    let expected =
-        (MODEL_HEADER_LEN + MODEL_TRAILER_LEN) as u64 + reader.count * MODEL_RECORD_LEN as u64;
-    if len != expected {
-        return Err(corrupt(invalid(format!(
-            "{} bytes, but {} records make {expected}",
-            len, reader.count
-        ))));
-    }
-    let n = reader.count as usize;
-    let mut table = TokenTable {
-        keys: Vec::with_capacity(n),
-        vals: Vec::with_capacity(n),
-        delta: HashMap::default(),
-    };
-    while let Some((h, c)) = reader.next_record().map_err(corrupt)? {
-        table.keys.push(h);
-        table.vals.push(pack(&c));
-    }
-    let totals = reader.finish().map_err(corrupt)?;
-    Ok((totals, table))
+/// Cuts a snapshot's model file into chunks (see [`chunk_len`]) and inserts them into
+/// `filter_snapshot` (`None`: only keeps them, for tests). Keeps the record chunks for the table.
+struct ChunkWriter<'a> {
+    tree: Option<&'a sled::Tree>,
+    seq: u64,
+    count: u64,
+    next: u32,
+    buf: Vec<u8>,
+    records: Vec<sled::IVec>,
 }
 
-/// Write a snapshot file durably (temporary file, fsync, rename, fsync of the directory).
-fn write_snapshot(
-    dir: &Path,
-    seq: u64,
-    totals: &Totals,
-    records: impl Iterator<Item = (u64, Counts)>,
-) -> Result<PathBuf> {
-    let path = snapshot_path(dir, seq);
-    let tmp = dir.join(format!("model-{seq}.tmp"));
-    let written = (|| {
-        let mut file = create_private_file(&tmp, true).map_err(|e| io_err(&tmp, e))?;
-        write_model(totals, records, &mut file)?;
-        file.sync_all().map_err(|e| io_err(&tmp, e))?;
-        drop(file);
-        std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
-        fsync_dir(dir)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
+impl<'a> ChunkWriter<'a> {
+    /// For a snapshot `seq` of `count` records.
+    fn new(tree: Option<&'a sled::Tree>, seq: u64, count: u64) -> Self {
+        ChunkWriter {
+            tree,
+            seq,
+            count,
+            next: 0,
+            buf: Vec::with_capacity(chunk_len(count, 1).max(MODEL_HEADER_LEN)),
+            records: Vec::new(),
+        }
     }
-    Ok(path)
+
+    fn put_chunk(&mut self) -> std::io::Result<()> {
+        let chunk = sled::IVec::from(&self.buf[..]);
+        self.buf.clear();
+        if let Some(tree) = self.tree {
+            tree.insert(chunk_key(self.seq, self.next), chunk.clone())
+                .map_err(std::io::Error::other)?;
+        }
+        if self.next > 0 && chunk_len(self.count, self.next + 1) > 0 {
+            self.records.push(chunk);
+        }
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Check that the whole file was written; the record chunks.
+    fn finish(self) -> Result<Vec<sled::IVec>> {
+        if !self.buf.is_empty() || chunk_len(self.count, self.next) != 0 {
+            return Err(StoreError::Filter("incomplete model snapshot".into()));
+        }
+        Ok(self.records)
+    }
+}
+
+impl Write for ChunkWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let len = chunk_len(self.count, self.next);
+        if len == 0 {
+            return Err(std::io::Error::other("more bytes than the model holds"));
+        }
+        let n = data.len().min(len - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == len {
+            self.put_chunk()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads a snapshot's model file back from its chunks, checking that they are numbered from 0
+/// with no gap and each has the length [`chunk_len`] gives for the count in the header (an error
+/// of kind `InvalidData` otherwise). Keeps the record chunks for the table.
+struct ChunkReader {
+    iter: sled::Iter,
+    seq: u64,
+    /// Record count from the header (read with chunk 0).
+    count: u64,
+    next: u32,
+    cur: sled::IVec,
+    pos: usize,
+    records: Vec<sled::IVec>,
+}
+
+impl ChunkReader {
+    fn new(snapshots: &sled::Tree, seq: u64) -> Self {
+        ChunkReader {
+            iter: snapshots.scan_prefix(be(seq)),
+            seq,
+            count: 0,
+            next: 0,
+            cur: sled::IVec::default(),
+            pos: 0,
+            records: Vec::new(),
+        }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let bad = |m: String| std::io::Error::new(ErrorKind::InvalidData, m);
+        while self.pos == self.cur.len() {
+            let n = self.next;
+            let len = if n == 0 {
+                MODEL_HEADER_LEN
+            } else {
+                chunk_len(self.count, n)
+            };
+            let Some(item) = self.iter.next() else {
+                return if len == 0 {
+                    Ok(0)
+                } else {
+                    Err(bad(format!("chunk {n} is missing")))
+                };
+            };
+            let (key, value) = item.map_err(std::io::Error::other)?;
+            if len == 0 {
+                return Err(bad(format!("a chunk after the last ({n})")));
+            }
+            if key[..] != chunk_key(self.seq, n) {
+                return Err(bad(format!("chunk {n} is missing")));
+            }
+            if value.len() != len {
+                return Err(bad(format!(
+                    "chunk {n} has {} bytes, not {len}",
+                    value.len()
+                )));
+            }
+            if n == 0 {
+                self.count = le_u64(&value, 56).min(MAX_MODEL_TOKENS);
+            } else if chunk_len(self.count, n + 1) > 0 {
+                self.records.push(value.clone());
+            }
+            self.next = n + 1;
+            self.cur = value;
+            self.pos = 0;
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Load and check snapshot `seq` from `filter_snapshot`: its totals and a table over its record
+/// chunks (sled's values, not copies).
+fn load_snapshot(snapshots: &sled::Tree, seq: u64) -> Result<(Totals, TokenTable)> {
+    let corrupt = |e: StoreError| match e {
+        StoreError::InvalidModel(m) => StoreError::Corrupt(format!("model snapshot {seq}: {m}")),
+        other => other,
+    };
+    let mut reader = ModelReader::new(ChunkReader::new(snapshots, seq)).map_err(corrupt)?;
+    while reader.next_record().map_err(corrupt)?.is_some() {}
+    let totals = reader.finish().map_err(corrupt)?;
+    Ok((totals, TokenTable::from_chunks(reader.r.records)))
 }
 
 /// Total size of the regular files under `dir` (0 if it does not exist).
@@ -1122,8 +1270,9 @@ impl Store {
     }
 
     /// Journal what an overlay buffered, with the new totals and the learned record (`None`:
-    /// remove it), in one transaction, provided the learned record still is `expected`; make it
-    /// durable, apply it to the table, and write a snapshot when the journal is long.
+    /// remove it), in one transaction, provided the learned record still is `expected`, and
+    /// apply it to the table. Not yet durable: the caller flushes (then
+    /// [`Store::finish_training`]). Returns whether a snapshot is due.
     #[allow(clippy::too_many_arguments)]
     fn commit_training(
         &self,
@@ -1134,7 +1283,7 @@ impl Store {
         key: &[u8; 32],
         expected: Option<sled::IVec>,
         record: Option<Vec<u8>>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let seq = state.last_seq + 1;
         let entry = encode_journal(updates);
         let new_state = ModelState {
@@ -1164,19 +1313,22 @@ impl Store {
                 Ok(())
             })
             .map_err(tx_error)?;
-        let compact = {
-            let mut model = self.model_write();
-            for (h, c) in changed {
-                model.table.set(h, c);
-            }
-            model.state = new_state;
-            model.journal_bytes += entry.len() as u64;
-            model.journal_bytes >= JOURNAL_COMPACT_BYTES
-                || model.table.delta.len() >= DELTA_COMPACT_ENTRIES
-        };
+        let mut model = self.model_write();
+        for (h, c) in changed {
+            model.table.set(h, c);
+        }
+        model.state = new_state;
+        model.journal_bytes += entry.len() as u64;
+        Ok(model.journal_bytes >= JOURNAL_COMPACT_BYTES
+            || model.table.delta.len() >= DELTA_COMPACT_ENTRIES)
+    }
+
+    /// Make the trainings committed so far durable, then write a snapshot if `compact` (a
+    /// failed snapshot is logged and tried again after the next training: the trainings are
+    /// durable in the journal). The caller holds the train lock.
+    fn finish_training(&self, compact: bool) -> Result<()> {
         self.inner.flusher.durable_blocking(false)?;
         if compact {
-            // The training is durable in the journal; a failed snapshot is tried again later.
             if let Err(e) = self.compact_locked() {
                 tracing::warn!(error = %e, "cannot write a model snapshot");
             }
@@ -1193,21 +1345,17 @@ impl Store {
             return Ok(());
         }
         let seq = state.last_seq;
-        let path = write_snapshot(
-            &self.inner.filter.dir,
-            seq,
-            &state.totals,
-            model.table.merged(),
-        )?;
+        let chunks = self.write_snapshot(seq, &state.totals, model.table.merged())?;
         drop(model);
         let new_state = ModelState {
             snapshot: seq,
             ..state
         };
-        self.switch_state(&new_state, &path)?;
+        self.switch_state(&new_state)?;
         {
+            // The train lock is held: the table did not change since it was written out.
             let mut model = self.model_write();
-            model.table.merge();
+            model.table = TokenTable::from_chunks(chunks);
             model.state = new_state;
             model.journal_bytes = 0;
         }
@@ -1215,36 +1363,58 @@ impl Store {
         Ok(())
     }
 
-    /// Point the state at a new snapshot file durably; on failure the file is removed.
-    fn switch_state(&self, state: &ModelState, snapshot: &Path) -> Result<()> {
-        let switched = self
-            .inner
-            .t
-            .filter_meta
-            .insert(STATE_KEY, state.encode())
-            .map_err(StoreError::from)
-            .and_then(|_| self.inner.flusher.durable_blocking(false));
-        if switched.is_err() {
-            let _ = std::fs::remove_file(snapshot);
+    /// Write the chunks of snapshot `seq` (not yet durable, not yet current; see the module
+    /// docs); returns its record chunks. `seq` is above the live snapshot; chunks a failed
+    /// attempt left under it are replaced. On failure what was written is removed.
+    fn write_snapshot(
+        &self,
+        seq: u64,
+        totals: &Totals,
+        records: impl Iterator<Item = (u64, Counts)>,
+    ) -> Result<Vec<sled::IVec>> {
+        let snapshots = &self.inner.t.filter_snapshot;
+        let written = remove_snapshot(snapshots, seq).and_then(|()| {
+            let mut chunks = ChunkWriter::new(Some(snapshots), seq, totals.distinct_tokens);
+            write_model(totals, records, &mut chunks)?;
+            chunks.finish()
+        });
+        if written.is_err() {
+            let _ = remove_snapshot(snapshots, seq);
         }
-        switched
+        written
     }
 
-    /// After a new snapshot `seq`: drop the journal entries it holds and the old snapshot file
-    /// (best effort; `FilterState::open` finishes it after a crash).
+    /// Make the snapshot `state` names (written by [`Store::write_snapshot`]) current: flush its
+    /// chunks, then write the state and flush it. If it fails before the state is written, the
+    /// chunks are removed; after, they stay (the state may be durable; `FilterState::open`
+    /// removes whichever snapshot the state on disk does not name).
+    fn switch_state(&self, state: &ModelState) -> Result<()> {
+        let snapshots = &self.inner.t.filter_snapshot;
+        let written = self.inner.flusher.durable_blocking(false).and_then(|()| {
+            self.inner
+                .t
+                .filter_meta
+                .insert(STATE_KEY, state.encode())
+                .map_err(StoreError::from)
+        });
+        if let Err(e) = written {
+            let _ = remove_snapshot(snapshots, state.snapshot);
+            return Err(e);
+        }
+        self.inner.flusher.durable_blocking(false)
+    }
+
+    /// After switching to snapshot `seq`: drop the journal entries it holds and the old
+    /// snapshot's chunks (best effort; `FilterState::open` finishes it after a crash).
     fn drop_old_model(&self, old_snapshot: u64, seq: u64) {
-        let journal = &self.inner.t.filter_journal;
-        let dropped = journal
-            .range(..=be(seq))
-            .keys()
-            .try_for_each(|k| journal.remove(k?).map(|_| ()));
-        if let Err(e) = dropped {
+        let t = &self.inner.t;
+        let journal = remove_keys(&t.filter_journal, t.filter_journal.range(..=be(seq)).keys());
+        if let Err(e) = journal {
             tracing::warn!(error = %e, "cannot drop journal entries");
         }
         if old_snapshot != 0 && old_snapshot != seq {
-            let old = snapshot_path(&self.inner.filter.dir, old_snapshot);
-            if let Err(e) = std::fs::remove_file(&old) {
-                tracing::warn!(error = %e, file = %old.display(), "cannot remove an old snapshot");
+            if let Err(e) = remove_snapshot(&t.filter_snapshot, old_snapshot) {
+                tracing::warn!(error = %e, seq = old_snapshot, "cannot remove an old snapshot");
             }
         }
     }
@@ -1270,13 +1440,73 @@ impl Store {
         day: u32,
     ) -> Result<TrainOutcome> {
         let _train = self.train_lock();
+        let (outcome, compact) =
+            self.train_locked(classifier, features, fingerprint, label, owner, day)?;
+        if outcome != TrainOutcome::AlreadyLearned {
+            self.finish_training(compact)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Train many messages, each exactly as [`Store::filter_train`] would (idempotent, relabel,
+    /// one transaction per message with its learned-message record), in order, with one flush
+    /// (fsync) at the end instead of one per message: for bulk training. The same message twice
+    /// in `items` is learned once (the second is [`TrainOutcome::AlreadyLearned`]). Items are
+    /// `(features, fingerprint, label, owner)`; outcomes are in the same order.
+    ///
+    /// On an error the messages before the failing one stay learned (and are made durable
+    /// before the error is returned); the failing one and those after it change nothing.
+    pub fn filter_train_batch(
+        &self,
+        classifier: &Classifier,
+        items: &[(Features, [u8; 32], Label, Option<ContactId>)],
+        day: u32,
+    ) -> Result<Vec<TrainOutcome>> {
+        let _train = self.train_lock();
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut pending = false;
+        for (features, fingerprint, label, owner) in items {
+            match self.train_locked(classifier, features, fingerprint, *label, *owner, day) {
+                Ok((outcome, compact)) => {
+                    outcomes.push(outcome);
+                    pending |= outcome != TrainOutcome::AlreadyLearned;
+                    if compact {
+                        self.finish_training(true)?;
+                        pending = false;
+                    }
+                }
+                Err(e) => {
+                    if pending {
+                        self.inner.flusher.durable_blocking(false)?;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        if pending {
+            self.finish_training(false)?;
+        }
+        Ok(outcomes)
+    }
+
+    /// Train one message and commit it (not yet durable); the caller holds the train lock.
+    /// Returns the outcome and whether a snapshot is due.
+    fn train_locked(
+        &self,
+        classifier: &Classifier,
+        features: &Features,
+        fingerprint: &[u8; 32],
+        label: Label,
+        owner: Option<ContactId>,
+        day: u32,
+    ) -> Result<(TrainOutcome, bool)> {
         let key = self.learned_key(fingerprint);
         let model = self.model_read();
         let state = model.state;
         let (raw, prior) = self.learned_record(&key, &state)?;
         let mut overlay = Overlay::new(&model.table, state.totals);
         let outcome = match prior {
-            Some(r) if r.label == label => return Ok(TrainOutcome::AlreadyLearned),
+            Some(r) if r.label == label => return Ok((TrainOutcome::AlreadyLearned, false)),
             Some(r) => {
                 Self::unlearn(&mut overlay, classifier, features, &r, &state)?;
                 TrainOutcome::Relabeled
@@ -1301,7 +1531,7 @@ impl Store {
             ..
         } = overlay;
         drop(model);
-        self.commit_training(
+        let compact = self.commit_training(
             state,
             changed,
             totals,
@@ -1310,7 +1540,7 @@ impl Store {
             raw,
             Some(encode(&record)?),
         )?;
-        Ok(outcome)
+        Ok((outcome, compact))
     }
 
     /// Untrain a message learned before; `false` (and nothing changed) if it was not learned.
@@ -1337,7 +1567,8 @@ impl Store {
             ..
         } = overlay;
         drop(model);
-        self.commit_training(state, changed, totals, &updates, &key, raw, None)?;
+        let compact = self.commit_training(state, changed, totals, &updates, &key, raw, None)?;
+        self.finish_training(compact)?;
         Ok(true)
     }
 
@@ -1362,13 +1593,12 @@ impl Store {
             let r: LearnedRecord = decode(&value?)?;
             learned_records += u64::from(r.generation == state.generation);
         }
-        let files = dir_size(&self.inner.dir.join("keys")) + dir_size(&self.inner.filter.dir);
         Ok(FilterStats {
             ham_messages: state.totals.ham_messages,
             spam_messages: state.totals.spam_messages,
             tokens: state.totals.distinct_tokens,
             learned_records,
-            bytes_on_disk: self.inner.db.size_on_disk()? + files,
+            bytes_on_disk: self.inner.db.size_on_disk()? + dir_size(&self.inner.dir.join("keys")),
         })
     }
 
@@ -1416,8 +1646,7 @@ impl Store {
             totals.distinct_tokens,
         ) = (h, s, d);
         let seq = state.last_seq + 1;
-        let path = write_snapshot(
-            &self.inner.filter.dir,
+        let chunks = self.write_snapshot(
             seq,
             &totals,
             model
@@ -1433,13 +1662,10 @@ impl Store {
             totals,
             ..state
         };
-        self.switch_state(&new_state, &path)?;
+        self.switch_state(&new_state)?;
         {
             let mut model = self.model_write();
-            for &h in &victims {
-                model.table.set(h, Counts::default());
-            }
-            model.table.merge();
+            model.table = TokenTable::from_chunks(chunks);
             model.state = new_state;
             model.journal_bytes = 0;
         }
@@ -1465,31 +1691,25 @@ impl Store {
     pub fn filter_import(&self, input: &mut dyn Read) -> Result<u64> {
         let _train = self.train_lock();
         let state = self.model_read().state;
-        let dir = &self.inner.filter.dir;
         let seq = state.last_seq + 1;
-        let path = snapshot_path(dir, seq);
-        let tmp = dir.join(format!("model-{seq}.tmp"));
-        // Check the input while copying it to a new snapshot file, then load that.
-        let staged = (|| {
+        let snapshots = &self.inner.t.filter_snapshot;
+        // Check the input while copying it into the chunks of a new snapshot, then load that.
+        let staged = remove_snapshot(snapshots, seq).and_then(|()| {
             let mut reader = ModelReader::new(BufReader::with_capacity(64 * 1024, input))?;
-            let mut file = create_private_file(&tmp, true).map_err(|e| io_err(&tmp, e))?;
-            let mut writer = ModelWriter::new(&mut file, &reader.totals)?;
+            let mut chunks = ChunkWriter::new(Some(snapshots), seq, reader.totals.distinct_tokens);
+            let mut writer = ModelWriter::new(&mut chunks, &reader.totals)?;
             while let Some((h, c)) = reader.next_record()? {
                 writer.record(h, &c)?;
             }
             reader.finish()?;
             writer.finish()?;
-            file.sync_all().map_err(|e| io_err(&tmp, e))?;
-            drop(file);
-            std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
-            fsync_dir(dir)?;
-            load_snapshot(&path)
-        })();
+            chunks.finish()?;
+            load_snapshot(snapshots, seq)
+        });
         let (totals, table) = match staged {
             Ok(loaded) => loaded,
             Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                let _ = std::fs::remove_file(&path);
+                let _ = remove_snapshot(snapshots, seq);
                 return Err(e);
             }
         };
@@ -1500,8 +1720,8 @@ impl Store {
             last_seq: seq,
             totals,
         };
-        self.switch_state(&new_state, &path)?;
-        let count = table.keys.len() as u64;
+        self.switch_state(&new_state)?;
+        let count = table.len;
         {
             let mut model = self.model_write();
             model.table = table;
@@ -1563,13 +1783,37 @@ mod tests {
     fn packing_round_trips() {
         for w in [0, 1, -1, i64::MAX, i64::MIN, 1 << 40, -(1 << 33) + 7] {
             let x = c(3, u32::MAX, w);
-            assert_eq!(unpack(&pack(&x)), x);
             assert_eq!(counts_from_bytes(&counts_bytes(&x)), x);
         }
     }
 
+    /// The table rebuilt over the chunks of a snapshot of itself, as compaction does.
+    fn rebuilt(table: &TokenTable, totals: &Totals) -> TokenTable {
+        let mut chunks = ChunkWriter::new(None, 1, totals.distinct_tokens);
+        write_model(totals, table.merged(), &mut chunks).unwrap();
+        TokenTable::from_chunks(chunks.finish().unwrap())
+    }
+
     #[test]
-    fn table_merge_matches_a_map() {
+    fn chunk_layout_cuts_the_model_file_at_records() {
+        let per = RECORDS_PER_CHUNK as u64;
+        for count in [0, 1, per - 1, per, per + 1, 5 * per + 17] {
+            let lens: Vec<usize> = (0..)
+                .map(|i| chunk_len(count, i))
+                .take_while(|&l| l > 0)
+                .collect();
+            assert_eq!(lens.len() as u64, 2 + count.div_ceil(per), "{count}");
+            assert_eq!(lens.iter().sum::<usize>() as u64, 64 + 28 * count + 32);
+            assert_eq!((lens[0], *lens.last().unwrap()), (64, 32));
+            assert!(lens[1..lens.len() - 1]
+                .iter()
+                .all(|&l| l > 0 && l % 28 == 0));
+            assert!(lens.iter().all(|&l| l <= 64 * 1024));
+        }
+    }
+
+    #[test]
+    fn table_matches_a_map_across_chunks_and_rebuilds() {
         use std::collections::BTreeMap;
         let mut reference: BTreeMap<u64, Counts> = BTreeMap::new();
         let mut table = TokenTable::default();
@@ -1580,9 +1824,10 @@ mod tests {
             x ^= x << 17;
             x
         };
-        for round in 0..40 {
-            for _ in 0..200 {
-                let h = next() % 1_000;
+        const HASHES: u64 = 12_000;
+        for round in 0..24 {
+            for _ in 0..1_500 {
+                let h = next() % HASHES;
                 let v = next();
                 let counts = if v % 4 == 0 {
                     Counts::default()
@@ -1596,16 +1841,22 @@ mod tests {
                     reference.insert(h, counts);
                 }
             }
-            for h in 0..1_000 {
+            for h in 0..=HASHES {
                 assert_eq!(table.get(h), reference.get(&h).copied().unwrap_or_default());
             }
             let merged: Vec<_> = table.merged().collect();
             let want: Vec<_> = reference.iter().map(|(h, c)| (*h, *c)).collect();
             assert_eq!(merged, want, "round {round}");
             if round % 3 != 2 {
-                table.merge();
+                let totals = Totals {
+                    distinct_tokens: want.len() as u64,
+                    ..Totals::default()
+                };
+                table = rebuilt(&table, &totals);
                 assert!(table.delta.is_empty());
-                assert_eq!(table.keys, reference.keys().copied().collect::<Vec<_>>());
+                assert_eq!(table.len, want.len() as u64);
+                assert!(table.chunks.len() > 1 || round < 2, "round {round}");
+                assert_eq!(table.merged().collect::<Vec<_>>(), want);
             }
         }
     }

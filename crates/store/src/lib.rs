@@ -3,8 +3,8 @@
 //! Layout of a data directory:
 //! - `lock`: held (flock) while a process has the store open.
 //! - `db/`: the sled database (spool, contacts, tickets, messages, attachments, indexes,
-//!   quarantine, the spam filter's state, journal and learned-message records).
-//! - `filter/`: the spam filter's token-count snapshot (see [`filter`]).
+//!   quarantine, the spam filter's state, token-count snapshot and journal, and learned-message
+//!   records; see [`filter`]).
 //! - `keys/`: key files, outside the sled files so that destroying one really destroys it:
 //!   `index.key` (keyed-hash lookups), `person/<contact>.key` (per-person data keys) and
 //!   `spool/<epoch ms>.key` (short-lived spool keys).
@@ -19,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+mod agent_ops;
 mod commit;
 mod crypto;
 pub mod filter;
@@ -28,8 +29,14 @@ pub mod model;
 mod read;
 mod records;
 mod spool;
+mod tokens;
 
+pub use agent_ops::{
+    AttachmentDownload, FeedbackAction, FeedbackOutcome, QuarantineEntry, QuarantinePage, Release,
+    TicketPage, TicketQuery,
+};
 pub use filter::{write_model, FilterStats, TokenView, TrainOutcome};
+pub use tokens::{validate_token_name, Role, TokenError, TokenInfo, TOKEN_LEN, TOKEN_PREFIX};
 
 pub use model::*;
 
@@ -94,8 +101,8 @@ pub struct StoreOptions {
     /// uses them.
     pub spool_key_lifetime_secs: u64,
     /// Size of sled's page cache in bytes (sled's own default is 1 GiB). sled overshoots it
-    /// somewhat; the spam filter's token counts are not in sled (see [`filter`]) and take 28
-    /// bytes a token on top.
+    /// somewhat; the spam filter's model snapshot (28 bytes a token) stays in memory on top,
+    /// shared by sled and the filter's table (see [`filter`]).
     pub cache_capacity_bytes: u64,
 }
 
@@ -135,6 +142,7 @@ struct Trees {
     blob_refs: sled::Tree,
     filter_meta: sled::Tree,
     filter_journal: sled::Tree,
+    filter_snapshot: sled::Tree,
     learned: sled::Tree,
     quarantine: sled::Tree,
 }
@@ -238,10 +246,11 @@ impl Store {
             blob_refs: db.open_tree(tree::BLOB_REFS)?,
             filter_meta: db.open_tree(tree::FILTER_META)?,
             filter_journal: db.open_tree(tree::FILTER_JOURNAL)?,
+            filter_snapshot: db.open_tree(tree::FILTER_SNAPSHOT)?,
             learned: db.open_tree(tree::LEARNED)?,
             quarantine: db.open_tree(tree::QUARANTINE)?,
         };
-        let filter = filter::FilterState::open(dir, &t)?;
+        let filter = filter::FilterState::open(&t)?;
         let initialised = t.meta.contains_key(meta_key::INDEX_KEY)?;
         let index = if initialised {
             IndexKey::MustExist

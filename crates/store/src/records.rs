@@ -29,6 +29,7 @@ pub(crate) mod tree {
     pub(crate) const BLOB_REFS: &str = "blob_refs";
     pub(crate) const FILTER_META: &str = "filter_meta";
     pub(crate) const FILTER_JOURNAL: &str = "filter_journal";
+    pub(crate) const FILTER_SNAPSHOT: &str = "filter_snapshot";
     pub(crate) const LEARNED: &str = "learned";
     pub(crate) const QUARANTINE: &str = "quarantine";
 }

@@ -11,7 +11,7 @@ use mailroom_spamfilter::{
     Classifier, Counts, Features, Label, MemoryStore, TokenStore, Tokenizer, Totals, Update,
 };
 use mailroom_store::{
-    write_model, Classification, ClueView, CommitOutcome, MessageKey, Store, StoreError,
+    write_model, Classification, ClueView, CommitOutcome, ContactId, MessageKey, Store, StoreError,
     ThreadDecision, TicketId, TrainOutcome, Verdict,
 };
 use sha2::{Digest, Sha256};
@@ -869,13 +869,80 @@ fn classification_is_shown_and_unsure_marks_the_ticket() {
     assert!(store.ticket(ticket).unwrap().unwrap().summary.unsure);
 }
 
-fn model_files(data: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(data.join("filter"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+/// The store's sled database, opened directly (the store must be closed; sled's own lock can
+/// stay held a moment by the background thread of a handle just dropped).
+fn raw_db(data: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(data.join("db")) {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() > deadline => panic!("cannot open the db: {e}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Key of a snapshot chunk (`seq u64 BE | chunk u32 BE`).
+fn chunk_key(seq: u64, chunk: u32) -> Vec<u8> {
+    [&seq.to_be_bytes()[..], &chunk.to_be_bytes()].concat()
+}
+
+/// The snapshots in `filter_snapshot`: seq and chunk count, ascending.
+fn snapshots_in(db: &sled::Db) -> Vec<(u64, u32)> {
+    let mut out: Vec<(u64, u32)> = Vec::new();
+    for key in db.open_tree("filter_snapshot").unwrap().iter().keys() {
+        let key = key.unwrap();
+        assert_eq!(key.len(), 12);
+        let seq = u64::from_be_bytes(key[..8].try_into().unwrap());
+        match out.last_mut() {
+            Some((s, n)) if *s == seq => *n += 1,
+            _ => out.push((seq, 1)),
+        }
+    }
+    out
+}
+
+/// The snapshots of a closed store.
+fn snapshots(data: &Path) -> Vec<(u64, u32)> {
+    snapshots_in(&raw_db(data))
+}
+
+/// The chunks of snapshot `seq`, concatenated (the model file).
+fn snapshot_bytes(db: &sled::Db, seq: u64) -> Vec<u8> {
+    let tree = db.open_tree("filter_snapshot").unwrap();
+    tree.scan_prefix(seq.to_be_bytes())
+        .values()
+        .flat_map(|v| v.unwrap().to_vec())
+        .collect()
+}
+
+/// A synthetic model of `n` tokens (several snapshot chunks from ~2,400 tokens).
+fn synthetic_model(n: u64) -> Vec<u8> {
+    let mut hashes: Vec<u64> = (0..n)
+        .map(|i| mailroom_spamfilter::token_hash(&format!("synthetic{i}")))
         .collect();
-    names.sort();
-    names
+    hashes.sort_unstable();
+    hashes.dedup();
+    let counts = |h: u64| Counts {
+        ham: (h % 3) as u32,
+        spam: ((h >> 8) % 3) as u32 + 1,
+        last_seen_day: 100,
+        lr_weight: (h >> 40) as i64 - (1 << 23),
+    };
+    let mut totals = Totals {
+        ham_messages: 50,
+        spam_messages: 70,
+        distinct_tokens: hashes.len() as u64,
+        lr_bias: -12_345,
+        ..Totals::default()
+    };
+    for &h in &hashes {
+        totals.ham_tokens += u64::from(counts(h).ham);
+        totals.spam_tokens += u64::from(counts(h).spam);
+    }
+    let mut out = Vec::new();
+    write_model(&totals, hashes.iter().map(|&h| (h, counts(h))), &mut out).unwrap();
+    out
 }
 
 #[test]
@@ -885,15 +952,20 @@ fn snapshots_and_journal_replay_keep_the_model() {
     let mails = corpus();
     let mut mem = MemoryStore::new();
     let mut receipts = Vec::new();
-    let after = {
+    {
         let store = open(dir.path());
         for m in &mails[..20] {
             train(&store, &c, m, m.label, 30);
             receipts.push(c.train(&mut mem, &m.features, m.label, 30).unwrap());
         }
-        assert!(model_files(dir.path()).is_empty());
+    }
+    // Journal only; nothing under the data directory but the database and the keys.
+    assert!(snapshots(dir.path()).is_empty());
+    assert!(!dir.path().join("filter").exists());
+    let after = {
+        let store = open(dir.path());
+        assert_model_eq(&export(&store), &memory_model(&mem));
         store.filter_compact().unwrap();
-        assert_eq!(model_files(dir.path()).len(), 1);
         assert_model_eq(&export(&store), &memory_model(&mem));
         // Untrain one learned before the snapshot, learn more after it.
         assert!(store
@@ -908,6 +980,15 @@ fn snapshots_and_journal_replay_keep_the_model() {
         export(&store)
     };
     assert_model_eq(&after, &memory_model(&mem));
+    let first = {
+        let db = raw_db(dir.path());
+        let first = snapshots_in(&db);
+        assert_eq!(first.len(), 1);
+        // The snapshot is the model file, cut into chunks.
+        let bytes = snapshot_bytes(&db, first[0].0);
+        parse_model(&bytes);
+        first
+    };
     // Snapshot + journal replay.
     let store = open(dir.path());
     assert_model_eq(&export(&store), &after);
@@ -918,13 +999,13 @@ fn snapshots_and_journal_replay_keep_the_model() {
             .map(|m| c.classify(&mem, &m.features).unwrap().score)
             .collect::<Vec<_>>()
     );
-    // A second snapshot replaces the first.
-    let first = model_files(dir.path());
+    // A second snapshot replaces the first (whose chunks are removed).
     store.filter_compact().unwrap();
-    let second = model_files(dir.path());
+    assert_model_eq(&export(&store), &after);
+    drop(store);
+    let second = snapshots(dir.path());
     assert_eq!(second.len(), 1);
     assert_ne!(first, second);
-    drop(store);
     let store = open(dir.path());
     assert_model_eq(&export(&store), &after);
     assert_eq!(
@@ -936,39 +1017,383 @@ fn snapshots_and_journal_replay_keep_the_model() {
         .unwrap());
 }
 
+/// What a crash at each point of a snapshot switch leaves behind (made by hand in the closed
+/// database): open uses the snapshot the state names and removes the rest.
 #[test]
-fn leftovers_are_removed_and_a_damaged_snapshot_is_reported() {
+fn leftovers_of_an_interrupted_switch_are_removed() {
     let dir = tempfile::tempdir().unwrap();
     let c = Classifier::default();
     let mails = corpus();
-    let model = {
+    let (model, live) = {
         let store = open(dir.path());
+        store
+            .filter_import(&mut synthetic_model(6_000).as_slice())
+            .unwrap();
         for m in &mails[..10] {
             train(&store, &c, m, m.label, 30);
         }
         store.filter_compact().unwrap();
-        export(&store)
+        for m in &mails[10..15] {
+            train(&store, &c, m, m.label, 30);
+        }
+        drop(store);
+        let live = snapshots(dir.path());
+        assert_eq!(live.len(), 1);
+        assert!(live[0].1 > 3, "several record chunks: {live:?}");
+        (export(&open(dir.path())), live)
     };
-    let files = model_files(dir.path());
-    assert_eq!(files.len(), 1);
-    // An interrupted snapshot write and a snapshot the state does not name.
-    std::fs::write(dir.path().join("filter/model-999.tmp"), b"partial").unwrap();
-    std::fs::write(dir.path().join("filter/model-998.mrfm"), &model).unwrap();
+    let (seq, chunks) = live[0];
+    {
+        let db = raw_db(dir.path());
+        let tree = db.open_tree("filter_snapshot").unwrap();
+        let journal = db.open_tree("filter_journal").unwrap();
+        // A crash after the switch, before the old snapshot was removed: an older complete
+        // snapshot, and a journal entry the live snapshot holds (garbage: it must not be read).
+        for (k, v) in tree.scan_prefix(seq.to_be_bytes()).map(|r| r.unwrap()) {
+            tree.insert([&(seq - 1).to_be_bytes()[..], &k[8..]].concat(), v)
+                .unwrap();
+        }
+        journal.insert(seq.to_be_bytes(), &b"garbage"[..]).unwrap();
+        // A crash while writing the next snapshot (not switched to): some of its chunks, one
+        // of them under the live seq's successor and one far above.
+        let first = tree.get(chunk_key(seq, 0)).unwrap().unwrap();
+        tree.insert(chunk_key(seq + 5, 0), first.clone()).unwrap();
+        tree.insert(chunk_key(seq + 5, 1), &b"partial"[..]).unwrap();
+        tree.insert(chunk_key(u64::MAX, 0), first).unwrap();
+        db.flush().unwrap();
+    }
     {
         let store = open(dir.path());
-        assert_eq!(model_files(dir.path()), files);
         assert_model_eq(&export(&store), &model);
+        assert_eq!(
+            train(&store, &c, &mails[3], mails[3].label, 31),
+            TrainOutcome::AlreadyLearned
+        );
     }
-    // A damaged snapshot is an error at open, not a silently different model.
-    let path = dir.path().join("filter").join(&files[0]);
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[64 + 9] ^= 1;
-    std::fs::write(&path, &bytes).unwrap();
-    match Store::open(dir.path(), mailroom_store::StoreOptions::default()) {
-        Err(StoreError::Corrupt(m)) => assert!(m.contains("checksum"), "{m}"),
-        Err(e) => panic!("expected Corrupt, got {e}"),
-        Ok(_) => panic!("a damaged snapshot was accepted"),
+    let db = raw_db(dir.path());
+    assert_eq!(snapshots_in(&db), vec![(seq, chunks)]);
+    let journal = db.open_tree("filter_journal").unwrap();
+    assert!(journal.get(seq.to_be_bytes()).unwrap().is_none());
+    assert_eq!(journal.len(), 5);
+}
+
+/// A damaged, missing, short or extra chunk is an error at open, not a silently different
+/// model.
+#[test]
+fn a_damaged_snapshot_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store
+            .filter_import(&mut synthetic_model(6_000).as_slice())
+            .unwrap();
     }
+    let (seq, chunks) = snapshots(dir.path())[0];
+    let tree = || raw_db(dir.path()).open_tree("filter_snapshot").unwrap();
+    type Damage = Box<dyn Fn(&sled::Tree, u64, u32)>;
+    let cases: Vec<(&str, Damage)> = vec![
+        (
+            "checksum",
+            Box::new(|t: &sled::Tree, seq, _| {
+                let mut v = t.get(chunk_key(seq, 2)).unwrap().unwrap().to_vec();
+                v[9] ^= 1;
+                t.insert(chunk_key(seq, 2), v).unwrap();
+            }),
+        ),
+        (
+            "chunk 2 is missing",
+            Box::new(|t: &sled::Tree, seq, _| {
+                t.remove(chunk_key(seq, 2)).unwrap();
+            }),
+        ),
+        (
+            "chunk 1 has",
+            Box::new(|t: &sled::Tree, seq, _| {
+                let v = t.get(chunk_key(seq, 1)).unwrap().unwrap();
+                t.insert(chunk_key(seq, 1), &v[..v.len() - 28]).unwrap();
+            }),
+        ),
+        (
+            "after the last",
+            Box::new(|t: &sled::Tree, seq, chunks| {
+                t.insert(chunk_key(seq, chunks), &[0u8; 32][..]).unwrap();
+            }),
+        ),
+        (
+            "is missing",
+            Box::new(|t: &sled::Tree, seq, chunks| {
+                for i in 0..chunks {
+                    t.remove(chunk_key(seq, i)).unwrap();
+                }
+            }),
+        ),
+    ];
+    for (want, damage) in cases {
+        let saved: Vec<_> = tree()
+            .scan_prefix(seq.to_be_bytes())
+            .map(|r| r.unwrap())
+            .collect();
+        {
+            let t = tree();
+            damage(&t, seq, chunks);
+            t.flush().unwrap();
+        }
+        match Store::open(dir.path(), mailroom_store::StoreOptions::default()) {
+            Err(StoreError::Corrupt(m)) => assert!(m.contains(want), "{want}: {m}"),
+            Err(e) => panic!("{want}: expected Corrupt, got {e}"),
+            Ok(_) => panic!("{want}: a damaged snapshot was accepted"),
+        }
+        let t = tree();
+        for key in t.scan_prefix(seq.to_be_bytes()).keys() {
+            t.remove(key.unwrap()).unwrap();
+        }
+        for (k, v) in saved {
+            t.insert(k, v).unwrap();
+        }
+        t.flush().unwrap();
+        drop(t);
+        drop(open(dir.path()));
+    }
+}
+
+/// `(features, fingerprint, label, owner)` items for [`Store::filter_train_batch`].
+fn batch_items(mails: &[Mail]) -> Vec<(Features, [u8; 32], Label, Option<ContactId>)> {
+    mails
+        .iter()
+        .map(|m| (m.features.clone(), m.fingerprint(), m.label, None))
+        .collect()
+}
+
+#[test]
+fn a_batch_trains_exactly_like_one_by_one() {
+    let c = Classifier::default();
+    let mails = corpus();
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let single = open(d1.path());
+    let batch = open(d2.path());
+    // Some learned before, one of them to be relabelled by the batch.
+    for m in &mails[..10] {
+        train(&single, &c, m, m.label, 40);
+    }
+    assert_eq!(
+        batch
+            .filter_train_batch(&c, &batch_items(&mails[..10]), 40)
+            .unwrap(),
+        vec![TrainOutcome::Learned; 10]
+    );
+    assert_model_eq(&export(&batch), &export(&single));
+    let mut items = batch_items(&mails[5..60]);
+    items[2].2 = other(mails[7].label);
+    let want: Vec<TrainOutcome> = items
+        .iter()
+        .map(|(f, fp, label, owner)| single.filter_train(&c, f, fp, *label, *owner, 41).unwrap())
+        .collect();
+    assert_eq!(
+        want[..6],
+        [
+            TrainOutcome::AlreadyLearned,
+            TrainOutcome::AlreadyLearned,
+            TrainOutcome::Relabeled,
+            TrainOutcome::AlreadyLearned,
+            TrainOutcome::AlreadyLearned,
+            TrainOutcome::Learned
+        ]
+    );
+    let flushes = batch.flush_count();
+    assert_eq!(batch.filter_train_batch(&c, &items, 41).unwrap(), want);
+    assert!(
+        batch.flush_count() - flushes <= 2,
+        "one flush for the batch, not one per message"
+    );
+    assert_model_eq(&export(&batch), &export(&single));
+    assert_eq!(
+        batch.filter_stats().unwrap().learned_records,
+        single.filter_stats().unwrap().learned_records
+    );
+    // Durable and identical after reopening.
+    drop(batch);
+    let batch = open(d2.path());
+    assert_model_eq(&export(&batch), &export(&single));
+    assert_eq!(
+        batch.filter_learned(&mails[7].fingerprint()).unwrap(),
+        Some(other(mails[7].label))
+    );
+    assert!(batch.filter_train_batch(&c, &[], 42).unwrap().is_empty());
+}
+
+#[test]
+fn a_batch_with_the_same_message_twice_counts_it_once() {
+    let c = Classifier::default();
+    let mails = corpus();
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let single = open(d1.path());
+    let batch = open(d2.path());
+    for m in &mails[..3] {
+        train(&single, &c, m, m.label, 50);
+    }
+    let mut items = batch_items(&mails[..3]);
+    items.push(items[1].clone());
+    assert_eq!(
+        batch.filter_train_batch(&c, &items, 50).unwrap(),
+        vec![
+            TrainOutcome::Learned,
+            TrainOutcome::Learned,
+            TrainOutcome::Learned,
+            TrainOutcome::AlreadyLearned
+        ]
+    );
+    assert_model_eq(&export(&batch), &export(&single));
+    assert_eq!(batch.filter_stats().unwrap().learned_records, 3);
+    // The same message with the other label later in the batch: learned, then relabelled.
+    let m = &mails[3];
+    let items = vec![
+        (m.features.clone(), m.fingerprint(), m.label, None),
+        (m.features.clone(), m.fingerprint(), other(m.label), None),
+    ];
+    assert_eq!(
+        batch.filter_train_batch(&c, &items, 51).unwrap(),
+        vec![TrainOutcome::Learned, TrainOutcome::Relabeled]
+    );
+    train(&single, &c, m, other(m.label), 51);
+    assert_model_eq(&export(&batch), &export(&single));
+}
+
+#[test]
+fn a_batch_that_fails_keeps_what_came_before_durably() {
+    let c = Classifier::default();
+    let mails = corpus();
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let single = open(d1.path());
+    let store = open(d2.path());
+    let fp = [7u8; 32];
+    let a = Features::from_texts(["alpha", "beta"]);
+    for s in [&single, &store] {
+        s.filter_train(&c, &a, &fp, Label::Spam, None, 1).unwrap();
+    }
+    // The third item relabels `fp` with features it was not learned with: untraining them
+    // would take counts below zero, so it is refused (as `filter_train` refuses it).
+    let mut items = batch_items(&mails[..4]);
+    items[2] = (Features::from_texts(["gamma"]), fp, Label::Ham, None);
+    let err = store.filter_train_batch(&c, &items, 2).unwrap_err();
+    assert!(matches!(err, StoreError::Filter(_)), "{err}");
+    for m in &mails[..2] {
+        train(&single, &c, m, m.label, 2);
+    }
+    assert_model_eq(&export(&store), &export(&single));
+    assert_eq!(store.filter_learned(&fp).unwrap(), Some(Label::Spam));
+    assert_eq!(store.filter_learned(&mails[3].fingerprint()).unwrap(), None);
+    drop(store);
+    let store = open(d2.path());
+    assert_model_eq(&export(&store), &export(&single));
+}
+
+/// The model the crash test starts from: big enough that a snapshot takes a while to write.
+fn crash_base_model() -> &'static [u8] {
+    static MODEL: OnceLock<Vec<u8>> = OnceLock::new();
+    MODEL.get_or_init(|| synthetic_model(40_000))
+}
+
+const CRASH_DIR: &str = "MAILROOM_FILTER_CRASH_DIR";
+const CRASH_ROUND: &str = "MAILROOM_FILTER_CRASH_ROUND";
+
+/// Run by `killed_while_training_and_compacting_reopens_consistent` in a child process: import
+/// the base model (first round), then train the corpus in batches of four with a snapshot
+/// after each, recording how many messages were acknowledged, until killed.
+#[test]
+fn child_trains_until_killed() {
+    let (Ok(dir), Ok(round)) = (std::env::var(CRASH_DIR), std::env::var(CRASH_ROUND)) else {
+        return; // Not the child.
+    };
+    let dir = PathBuf::from(dir);
+    let store = open(&dir.join("data"));
+    let c = Classifier::default();
+    if store.filter_is_empty().unwrap() {
+        store.filter_import(&mut &crash_base_model()[..]).unwrap();
+    }
+    let mails = corpus();
+    std::fs::write(dir.join(format!("ready-{round}")), b"").unwrap();
+    for (i, batch) in mails.chunks(4).enumerate() {
+        store
+            .filter_train_batch(&c, &batch_items(batch), 7)
+            .unwrap();
+        let tmp = dir.join("acked.tmp");
+        std::fs::write(&tmp, ((i + 1) * 4).to_string()).unwrap();
+        std::fs::rename(&tmp, dir.join(format!("acked-{round}"))).unwrap();
+        store.filter_compact().unwrap();
+    }
+}
+
+/// SIGKILL while batches are trained and snapshots written: every acknowledged message is
+/// learned, the learned messages are a prefix, the store opens (snapshot + journal give the
+/// recorded totals) with one snapshot left, and the model is exactly that of training the
+/// prefix without a crash.
+#[test]
+fn killed_while_training_and_compacting_reopens_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Classifier::default();
+    let mails = corpus();
+    let reference_dir = tempfile::tempdir().unwrap();
+    let reference = open(reference_dir.path());
+    reference
+        .filter_import(&mut &crash_base_model()[..])
+        .unwrap();
+    let mut reference_learned = 0;
+    let mut report = Vec::new();
+    for (round, delay_ms) in [40u64, 110, 190, 300, 450].into_iter().enumerate() {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "child_trains_until_killed", "--test-threads=1"])
+            .env(CRASH_DIR, dir.path())
+            .env(CRASH_ROUND, round.to_string())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !dir.path().join(format!("ready-{round}")).exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child did not start"
+            );
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the child exited early: {status}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let acked: usize = std::fs::read_to_string(dir.path().join(format!("acked-{round}")))
+            .map(|s| s.parse().unwrap())
+            .unwrap_or(0);
+        let data = dir.path().join("data");
+        // Two snapshots: killed while writing one, or before the old one was removed.
+        let left = snapshots(&data).len();
+        let store = open(&data);
+        let learned: Vec<bool> = mails
+            .iter()
+            .map(|m| store.filter_learned(&m.fingerprint()).unwrap().is_some())
+            .collect();
+        let k = learned.iter().take_while(|&&l| l).count();
+        assert!(
+            learned[k..].iter().all(|&l| !l),
+            "round {round}: not a prefix"
+        );
+        assert!(
+            k >= acked,
+            "round {round}: {acked} acknowledged, {k} learned"
+        );
+        for m in &mails[reference_learned..k] {
+            train(&reference, &c, m, m.label, 7);
+        }
+        reference_learned = k;
+        assert_model_eq(&export(&store), &export(&reference));
+        drop(store);
+        assert_eq!(snapshots(&data).len(), 1, "round {round}");
+        report.push(format!("{acked}/{k}/{left}"));
+    }
+    eprintln!(
+        "acknowledged/learned messages/snapshots found after each kill: {}",
+        report.join(", ")
+    );
 }
 
 #[test]
@@ -997,4 +1422,57 @@ fn classifying_while_training_sees_whole_messages() {
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         assert!(reader.join().unwrap() > 0);
     });
+}
+
+/// Bulk-training rate, for the record (no assertion on time; meaningful in release builds):
+/// `cargo test -p mailroom-store --release --test filter -- --ignored --nocapture training_rate`
+#[test]
+#[ignore]
+fn training_rate() {
+    let dir = corpus_dir();
+    let index = std::fs::read_to_string(dir.join("index")).unwrap();
+    let tokenizer = Tokenizer::default();
+    let start = std::time::Instant::now();
+    let mails: Vec<Mail> = index
+        .lines()
+        .take(600)
+        .map(|line| {
+            let (label, path) = line.split_once(' ').unwrap();
+            let raw = std::fs::read(dir.join(path)).unwrap();
+            Mail {
+                label: if label == "spam" {
+                    Label::Spam
+                } else {
+                    Label::Ham
+                },
+                features: tokenizer.tokenize(&raw),
+                raw,
+            }
+        })
+        .collect();
+    let tokenize = mails.len() as f64 / start.elapsed().as_secs_f64();
+    let c = Classifier::default();
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let single = open(d1.path());
+    let start = std::time::Instant::now();
+    for m in &mails[..100] {
+        train(&single, &c, m, m.label, 1);
+    }
+    let one_by_one = 100.0 / start.elapsed().as_secs_f64();
+    let batch = open(d2.path());
+    let items = batch_items(&mails[100..]);
+    let mut rates = Vec::new();
+    for chunk in items.chunks(250) {
+        let start = std::time::Instant::now();
+        batch.filter_train_batch(&c, chunk, 1).unwrap();
+        rates.push(format!(
+            "{:.0}",
+            chunk.len() as f64 / start.elapsed().as_secs_f64()
+        ));
+    }
+    eprintln!(
+        "filter_train one by one: {one_by_one:.0} msgs/s; filter_train_batch of 250 (then the \
+         rest): {} msgs/s; tokenizing: {tokenize:.0} msgs/s",
+        rates.join(", ")
+    );
 }
