@@ -17,7 +17,7 @@ use mailroom_config::Config;
 use mailroom_pipeline::{Filter, Settings};
 use mailroom_spamfilter::Label;
 use mailroom_spool::{Envelope, Source};
-use mailroom_store::{FailedId, MessageKey, Store, StoreError, TicketId};
+use mailroom_store::{FailedId, MessageKey, Role, Store, StoreError, TicketId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -91,6 +91,40 @@ pub enum Request {
     /// One quarantined message.
     QuarantineShow {
         /// Message id.
+        id: u64,
+    },
+    /// Release a quarantined message into a ticket (and learn it as ham).
+    QuarantineRelease {
+        /// Message id.
+        id: u64,
+    },
+    /// Delete a quarantined message for good.
+    QuarantineDelete {
+        /// Message id.
+        id: u64,
+    },
+    /// An agent's verdict on a stored message: trains at once; spam leaves its ticket for the
+    /// quarantine, ham releases a quarantined message.
+    Feedback {
+        /// Message id.
+        id: u64,
+        /// `spam` or `ham`.
+        label: Label,
+    },
+    /// Make an API token (the secret is in the answer, once).
+    TokenCreate {
+        /// Name.
+        name: String,
+        /// `agent` or `admin`.
+        role: String,
+        /// Unix seconds when it stops working.
+        expires_at: Option<u64>,
+    },
+    /// API tokens (never their secrets).
+    TokenList,
+    /// Revoke an API token.
+    TokenRevoke {
+        /// Token id.
         id: u64,
     },
     /// Spool one message read from a file.
@@ -285,6 +319,59 @@ pub fn handle(store: &Store, settings: &Settings, request: Request) -> Result<Va
                 Some(m) => to_value(m),
                 None => Err(format!("no quarantined message {id}")),
             }
+        }
+        Request::QuarantineRelease { id } => {
+            if store.quarantine_get(MessageKey(id)).map_err(err)?.is_none() {
+                return Err(format!("no quarantined message {id}"));
+            }
+            let filter = filter_of(settings);
+            let outcome = store
+                .message_feedback(
+                    MessageKey(id),
+                    Label::Ham,
+                    filter.tokenizer(),
+                    filter.classifier(),
+                    today(),
+                )
+                .map_err(err)?;
+            to_value(outcome)
+        }
+        Request::QuarantineDelete { id } => {
+            if !store.quarantine_delete(MessageKey(id)).map_err(err)? {
+                return Err(format!("no quarantined message {id}"));
+            }
+            Ok(json!({ "deleted": id }))
+        }
+        Request::Feedback { id, label } => {
+            let filter = filter_of(settings);
+            let outcome = store
+                .message_feedback(
+                    MessageKey(id),
+                    label,
+                    filter.tokenizer(),
+                    filter.classifier(),
+                    today(),
+                )
+                .map_err(err)?;
+            to_value(outcome)
+        }
+        Request::TokenCreate {
+            name,
+            role,
+            expires_at,
+        } => {
+            let role: Role = role.parse().map_err(|e| format!("{e}"))?;
+            let (info, secret) = store
+                .token_create(&name, role, expires_at)
+                .map_err(|e| e.to_string())?;
+            Ok(json!({ "token": info, "secret": secret }))
+        }
+        Request::TokenList => to_value(store.token_list().map_err(err)?),
+        Request::TokenRevoke { id } => {
+            if !store.token_revoke(id).map_err(err)? {
+                return Err(format!("no token {id}"));
+            }
+            Ok(json!({ "revoked": id }))
         }
         Request::Ingest { origin, raw_b64 } => {
             let raw = decode(&raw_b64)?;

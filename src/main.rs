@@ -66,6 +66,22 @@ enum Command {
         #[command(subcommand)]
         command: QuarantineCommand,
     },
+    /// An agent's verdict on a stored message: the filter learns it at once; `spam` moves the
+    /// message from its ticket to the quarantine, `ham` releases it from the quarantine.
+    Feedback {
+        #[command(flatten)]
+        common: Common,
+        /// Message id (from `tickets show` or `quarantine list`).
+        message: u64,
+        /// `spam` or `ham`.
+        #[arg(value_parser = ["spam", "ham"])]
+        label: String,
+    },
+    /// API tokens for agents and admins.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Stored messages.
     Messages {
         #[command(subcommand)]
@@ -214,6 +230,54 @@ enum QuarantineCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Release a message into a ticket (its old one if it still exists); the filter learns it
+    /// as ham.
+    Release {
+        #[command(flatten)]
+        common: Common,
+        /// Message id.
+        id: u64,
+    },
+    /// Delete a quarantined message for good.
+    Delete {
+        #[command(flatten)]
+        common: Common,
+        /// Message id.
+        id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a token. Its secret is printed once and stored only as a hash.
+    Create {
+        #[command(flatten)]
+        common: Common,
+        /// A name to recognise it by (e.g. the agent's handle).
+        #[arg(long)]
+        name: String,
+        /// What it may do.
+        #[arg(long, value_parser = ["agent", "admin"])]
+        role: String,
+        /// Days until it stops working (default: never).
+        #[arg(long, value_name = "DAYS")]
+        expires: Option<u64>,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        common: Common,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token: it stops working at once.
+    Revoke {
+        #[command(flatten)]
+        common: Common,
+        /// Token id (from `token list`).
+        id: u64,
     },
 }
 
@@ -364,6 +428,73 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 QuarantineCommand::Show { common, id, json } => {
                     filter_cmd::quarantine_show(&load_config(&common)?, id, json)?
+                }
+                QuarantineCommand::Release { common, id } => {
+                    let v = control::call(
+                        &load_config(&common)?,
+                        control::Request::QuarantineRelease { id },
+                    )?;
+                    let ticket = &v["action"]["ticket"];
+                    println!("message {id} released into ticket #{ticket}; learned as ham");
+                }
+                QuarantineCommand::Delete { common, id } => {
+                    control::call(
+                        &load_config(&common)?,
+                        control::Request::QuarantineDelete { id },
+                    )?;
+                    println!("message {id} deleted");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Feedback {
+            common,
+            message,
+            label,
+        } => {
+            let label = if label == "spam" {
+                mailroom_spamfilter::Label::Spam
+            } else {
+                mailroom_spamfilter::Label::Ham
+            };
+            let v = control::call(
+                &load_config(&common)?,
+                control::Request::Feedback { id: message, label },
+            )?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { command } => {
+            match command {
+                TokenCommand::Create {
+                    common,
+                    name,
+                    role,
+                    expires,
+                } => {
+                    let expires_at = expires
+                        .map(|d| control::now_secs().saturating_add(d.saturating_mul(86_400)));
+                    let v = control::call(
+                        &load_config(&common)?,
+                        control::Request::TokenCreate {
+                            name,
+                            role,
+                            expires_at,
+                        },
+                    )?;
+                    println!(
+                        "token {} ({}) created. Its secret, shown only now:",
+                        v["token"]["id"], v["token"]["role"]
+                    );
+                    println!("{}", v["secret"].as_str().unwrap_or_default());
+                }
+                TokenCommand::List { common, json } => {
+                    let v = control::call(&load_config(&common)?, control::Request::TokenList)?;
+                    output::token_list(&v, json)?;
+                }
+                TokenCommand::Revoke { common, id } => {
+                    control::call(&load_config(&common)?, control::Request::TokenRevoke { id })?;
+                    println!("token {id} revoked");
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -273,3 +273,34 @@ mod tests {
         assert_eq!(timestamp(1_795_470_632), "2026-11-23T21:50:32Z");
     }
 }
+
+/// `token list`.
+pub fn token_list(value: &Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(value);
+    }
+    let list: Vec<mailroom_store::TokenInfo> =
+        serde_json::from_value(value.clone()).context("decoding tokens")?;
+    if list.is_empty() {
+        println!("no tokens");
+        return Ok(());
+    }
+    println!(
+        "{:>4}  {:<6}  {:<20}  {:<20}  {:<8}  NAME",
+        "ID", "ROLE", "CREATED", "EXPIRES", "STATE"
+    );
+    for t in list {
+        println!(
+            "{:>4}  {:<6}  {:<20}  {:<20}  {:<8}  {}",
+            t.id,
+            t.role.as_str(),
+            timestamp(t.created_at),
+            t.expires_at
+                .map(timestamp)
+                .unwrap_or_else(|| "never".into()),
+            if t.revoked { "revoked" } else { "active" },
+            t.name
+        );
+    }
+    Ok(())
+}

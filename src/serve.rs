@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use mailroom_api::{ApiConfig, AppState};
 use mailroom_config::Config;
 use mailroom_config::FilterAlgorithm;
 use mailroom_pipeline::{Filter, Limits, Settings};
@@ -74,6 +75,51 @@ pub fn load_starter_model(config: &Config, store: &Store) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The HTTP API's settings from the config (loads the TLS certificate when configured).
+pub fn api_config(config: &Config, listen: std::net::SocketAddr) -> anyhow::Result<ApiConfig> {
+    let h = &config.http;
+    let nets = |key: &str, list: &[String]| -> anyhow::Result<Vec<ipnet::IpNet>> {
+        list.iter()
+            .map(|n| {
+                n.parse()
+                    .with_context(|| format!("{key}: `{n}` is not a CIDR network"))
+            })
+            .collect()
+    };
+    let tls = match (&h.tls_cert, &h.tls_key) {
+        (Some(cert), Some(key)) => {
+            // The API speaks HTTP/1.1 only: the SMTP loader offers no ALPN, which fits.
+            Some(
+                mailroom_smtp::load_tls(cert, key)
+                    .context("loading http.tls_cert / http.tls_key")?,
+            )
+        }
+        _ => None,
+    };
+    Ok(ApiConfig {
+        listen,
+        agent_networks: nets("http.agent_networks", &h.agent_networks)?,
+        admin_networks: nets("http.admin_networks", &h.admin_networks)?,
+        max_body_bytes: h.max_body_bytes,
+        auth_failures_per_minute: h.auth_failures_per_minute,
+        tls,
+        max_connections: ApiConfig::default().max_connections,
+    })
+}
+
+/// The config as admins see it over the API: secrets (key files' paths) redacted.
+pub fn redacted_config(config: &Config) -> serde_json::Value {
+    let mut v = serde_json::to_value(config).unwrap_or_default();
+    for section in ["smtp", "http"] {
+        if let Some(key) = v.get_mut(section).and_then(|s| s.get_mut("tls_key")) {
+            if !key.is_null() {
+                *key = serde_json::Value::String("[redacted]".into());
+            }
+        }
+    }
+    v
+}
+
 /// The SMTP server's settings from the config (loads the TLS certificate when configured).
 pub fn smtp_config(config: &Config) -> anyhow::Result<SmtpConfig> {
     let s = &config.smtp;
@@ -113,7 +159,7 @@ fn init_logging(config: &Config) {
 }
 
 /// Run the service until a shutdown signal.
-pub fn serve(config: Config, _config_path: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     init_logging(&config);
     // Exactly one rustls crypto provider for the whole process.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -121,10 +167,10 @@ pub fn serve(config: Config, _config_path: Option<PathBuf>) -> anyhow::Result<()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, config_path))
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let smtp = smtp_config(&config)?;
     std::fs::create_dir_all(&config.store.path)
         .with_context(|| format!("creating {}", config.store.path.display()))?;
@@ -139,6 +185,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await??
     };
 
+    let metrics =
+        mailroom_api::metrics::install_recorder().context("installing the metrics recorder")?;
+    let mut http_listeners = Vec::new();
+    for addr in &config.http.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding http.listen {addr}"))?;
+        println!("http: listening on {}", listener.local_addr()?);
+        http_listeners.push(listener);
+    }
+    let api_listen = match http_listeners.first() {
+        Some(l) => l.local_addr()?,
+        None => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    let (api_tx, api_rx) = watch::channel(Arc::new(api_config(&config, api_listen)?));
+    let (config_json_tx, config_json_rx) = watch::channel(Arc::new(redacted_config(&config)));
+
     let mut listeners = Vec::new();
     for addr in &config.smtp.listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -149,8 +212,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    // New settings sent here apply to the next message (a reload is a later feature).
-    let (_settings_tx, settings_rx) = watch::channel(Arc::new(settings));
+    // New settings sent here apply to the next message (see `reload`).
+    let (settings_tx, settings_rx) = watch::channel(Arc::new(settings));
     let workers = tokio::spawn(mailroom_pipeline::run_workers(
         store.clone(),
         config.pipeline.workers,
@@ -168,8 +231,38 @@ async fn run(config: Config) -> anyhow::Result<()> {
         )
     };
 
-    // Only new sessions read the config; a reload (a later feature) sends a new one here.
-    let (_smtp_tx, smtp_rx) = watch::channel(Arc::new(smtp));
+    // Only new sessions read the config; a reload sends a new one here.
+    let (smtp_tx, smtp_rx) = watch::channel(Arc::new(smtp));
+    let state = AppState::new(
+        store.clone(),
+        settings_rx.clone(),
+        api_rx,
+        config_json_rx,
+        metrics,
+    );
+    let mut http_tasks = Vec::new();
+    for listener in http_listeners {
+        let state = state.clone();
+        let mut stop = shutdown_rx.clone();
+        http_tasks.push(tokio::spawn(async move {
+            mailroom_api::serve(listener, state, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+        }));
+    }
+    let reloader = tokio::spawn(reload_loop(
+        config_path,
+        Live {
+            running: config.clone(),
+            api_listen,
+            smtp: smtp_tx,
+            settings: settings_tx,
+            api: api_tx,
+            config_json: config_json_tx,
+        },
+        shutdown_rx.clone(),
+    ));
     let spool = Arc::new(store.spool());
     let mut smtp_shutdown = shutdown_rx.clone();
     let smtp_task = tokio::spawn(async move {
@@ -191,6 +284,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::error!(error = %e, "smtp server stopped with an error"),
         Err(e) => tracing::error!(error = %e, "smtp server task failed"),
     }
+    for task in http_tasks {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "http api stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "http api task failed"),
+        }
+    }
     if let Err(e) = workers.await {
         tracing::error!(error = %e, "pipeline workers failed");
     }
@@ -199,6 +299,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::error!(error = %e, "control socket failed"),
         Err(e) => tracing::error!(error = %e, "control socket task failed"),
     }
+    reloader.abort();
     tokio::task::spawn_blocking(move || store.flush()).await??;
     println!("mailroom: stopped");
     Ok(())
@@ -217,4 +318,145 @@ async fn wait_for_signal() -> &'static str {
         _ = term.recv() => "SIGTERM",
         _ = tokio::signal::ctrl_c() => "SIGINT",
     }
+}
+
+/// What a reload updates: the config in force and the channels the services read it from.
+struct Live {
+    running: Config,
+    api_listen: std::net::SocketAddr,
+    smtp: watch::Sender<Arc<SmtpConfig>>,
+    settings: watch::Sender<Arc<Settings>>,
+    api: watch::Sender<Arc<ApiConfig>>,
+    config_json: watch::Sender<Arc<serde_json::Value>>,
+}
+
+/// Keys that are read once at start; a reload that changes them says a restart is needed.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    if old.store != new.store {
+        keys.push("store");
+    }
+    if old.smtp.listen != new.smtp.listen {
+        keys.push("smtp.listen");
+    }
+    if old.http.listen != new.http.listen {
+        keys.push("http.listen");
+    }
+    if old.pipeline.workers != new.pipeline.workers {
+        keys.push("pipeline.workers");
+    }
+    if old.log != new.log {
+        keys.push("log");
+    }
+    keys
+}
+
+impl Live {
+    /// Read, check and swap in the config at `path`; a bad file is rejected and the running
+    /// config kept. Prints one line (`config: reloaded` / `config: rejected: ...`).
+    fn reload(&mut self, path: &std::path::Path) {
+        let result = Config::load(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|new| {
+                let smtp = smtp_config(&new)?;
+                let settings = settings(&new)?;
+                let api = api_config(&new, self.api_listen)?;
+                Ok((new, smtp, settings, api))
+            });
+        match result {
+            Ok((new, smtp, settings, api)) => {
+                let restart = restart_only_changes(&self.running, &new);
+                self.smtp.send_replace(Arc::new(smtp));
+                self.settings.send_replace(Arc::new(settings));
+                self.api.send_replace(Arc::new(api));
+                self.config_json
+                    .send_replace(Arc::new(redacted_config(&new)));
+                self.running = new;
+                if restart.is_empty() {
+                    tracing::info!("configuration reloaded");
+                    println!("config: reloaded");
+                } else {
+                    tracing::warn!(keys = ?restart, "configuration reloaded; these keys need a restart");
+                    println!(
+                        "config: reloaded (restart needed for {})",
+                        restart.join(", ")
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "configuration rejected; keeping the running one");
+                println!("config: rejected: {e:#}");
+            }
+        }
+    }
+}
+
+/// Reload on SIGHUP and whenever the config file changes (editors that replace the file by a
+/// rename included: the directory is watched). Without a config file there is nothing to do.
+async fn reload_loop(path: Option<PathBuf>, mut live: Live, mut shutdown: watch::Receiver<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Some(path) = path else {
+        return;
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    // Keep the watcher alive for the life of the loop.
+    let _watcher = watch_file(&path, tx.clone());
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP");
+            None
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = async {
+                match hup.as_mut() {
+                    Some(h) => { h.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+            Some(()) = rx.recv() => {
+                // Let the editor finish writing (several events come for one save).
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                while rx.try_recv().is_ok() {}
+            }
+            _ = shutdown.changed() => return,
+        }
+        live.reload(&path);
+    }
+}
+
+/// Watch the directory of `path` and signal `tx` when an event names the file.
+fn watch_file(
+    path: &std::path::Path,
+    tx: tokio::sync::mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let file = path.file_name()?.to_owned();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res {
+            let ours = event
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(file.as_os_str()));
+            let change = !matches!(event.kind, notify::EventKind::Access(_));
+            if ours && change {
+                let _ = tx.try_send(());
+            }
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch the config file; SIGHUP still reloads"))
+    .ok()?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(
+            |e| tracing::warn!(error = %e, "cannot watch the config file; SIGHUP still reloads"),
+        )
+        .ok()?;
+    Some(watcher)
 }

@@ -30,7 +30,7 @@ impl Env {
         let data = dir.path().join("data");
         let config = dir.path().join("mailroom.toml");
         let text = format!(
-            "[store]\npath = {data:?}\n\n[smtp]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"mx.test\"\ndomains = [\"support.example.com\"]\n{smtp_extra}\n\n[log]\nlevel = \"warn\"\n"
+            "[store]\npath = {data:?}\n\n[smtp]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"mx.test\"\ndomains = [\"support.example.com\"]\n{smtp_extra}\n\n[http]\nlisten = [\"127.0.0.1:0\"]\n\n[log]\nlevel = \"warn\"\n"
         );
         std::fs::write(&config, text).expect("write config");
         Env { dir, config }
@@ -71,7 +71,13 @@ impl Env {
 
     /// Start `mailroom serve` and wait until it listens.
     pub fn serve(&self) -> Server {
-        Server::start(self)
+        Server::start(&self.config)
+    }
+
+    /// Start `mailroom serve` with another config file (same data directory), e.g. one the
+    /// test edits while the CLI keeps using [`Env::config`].
+    pub fn serve_with(&self, config: &Path) -> Server {
+        Server::start(config)
     }
 
     /// `tickets list --json`.
@@ -112,10 +118,10 @@ pub struct Server {
 }
 
 impl Server {
-    fn start(env: &Env) -> Server {
+    fn start(config: &Path) -> Server {
         let mut child = Command::new(bin())
             .args(["serve", "--config"])
-            .arg(&env.config)
+            .arg(config)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -171,6 +177,22 @@ impl Server {
     pub fn kill9(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Wait for a line on the server's stdout that starts with `prefix`; returns it.
+    pub fn wait_line(&self, prefix: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        let mut other = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(line) => other.push(line),
+                Err(e) => panic!(
+                    "no line starting with {prefix:?} within {limit:?} ({e:?}); saw {other:?}"
+                ),
+            }
+        }
     }
 
     /// A raw SMTP connection.

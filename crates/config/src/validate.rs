@@ -207,7 +207,13 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
     c.range("store.cache_mb", config.store.cache_mb, 8, 65_536);
 
     let http = &config.http;
-    for (i, addr) in http.listen.iter().enumerate() {
+    // Port 0 ("any free port", for tests) may appear more than once.
+    for (i, addr) in http
+        .listen
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.port() != 0)
+    {
         if http.listen[..i].contains(addr) {
             c.fail("http.listen", Some(i), format!("`{addr}` is listed twice"));
         }

@@ -547,3 +547,13 @@ fn http_networks_and_listen_are_checked() {
     .unwrap();
     assert!(c.http.listen.is_empty());
 }
+
+#[test]
+fn port_zero_may_repeat() {
+    let c = Config::parse(
+        "[smtp]\nlisten = [\"127.0.0.1:0\"]\n[http]\nlisten = [\"127.0.0.1:0\"]\n",
+        "x",
+    )
+    .unwrap();
+    assert_eq!(c.http.listen[0].port(), 0);
+}
