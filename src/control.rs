@@ -360,7 +360,9 @@ pub fn handle(store: &Store, settings: &Settings, request: Request) -> Result<Va
             role,
             expires_at,
         } => {
-            let role: Role = role.parse().map_err(|e| format!("{e}"))?;
+            let role: Role = role
+                .parse()
+                .map_err(|e: <Role as std::str::FromStr>::Err| e.to_string())?;
             let (info, secret) = store
                 .token_create(&name, role, expires_at)
                 .map_err(|e| e.to_string())?;

@@ -262,18 +262,6 @@ pub fn stats(value: &Value, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::timestamp;
-
-    #[test]
-    fn timestamps_are_utc_rfc3339() {
-        assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
-        assert_eq!(timestamp(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(timestamp(1_795_470_632), "2026-11-23T21:50:32Z");
-    }
-}
-
 /// `token list`.
 pub fn token_list(value: &Value, json: bool) -> anyhow::Result<()> {
     if json {
@@ -303,4 +291,16 @@ pub fn token_list(value: &Value, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::timestamp;
+
+    #[test]
+    fn timestamps_are_utc_rfc3339() {
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(timestamp(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(timestamp(1_795_470_632), "2026-11-23T21:50:32Z");
+    }
 }
