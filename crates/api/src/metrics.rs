@@ -24,16 +24,16 @@ pub mod names {
     pub const SMTP_SESSIONS: &str = "mailroom_smtp_sessions";
     /// Counter, label `outcome` (`new_ticket`, `appended`, `orphan`, `quarantined`, `failed`,
     /// `already_processed`, `error`): spool entries the pipeline processed.
-    pub const PIPELINE_MESSAGES: &str = "mailroom_pipeline_messages_total";
+    pub const PIPELINE_MESSAGES: &str = mailroom_pipeline::metric_names::MESSAGES;
     /// Histogram, seconds from acceptance (spool append) to the store commit.
-    pub const PIPELINE_LATENCY: &str = "mailroom_pipeline_latency_seconds";
+    pub const PIPELINE_LATENCY: &str = mailroom_pipeline::metric_names::LATENCY;
     /// Gauge: unprocessed spool entries (the queue depth).
-    pub const SPOOL_DEPTH: &str = "mailroom_spool_depth";
+    pub const SPOOL_DEPTH: &str = mailroom_pipeline::metric_names::SPOOL_DEPTH;
     /// Counter, label `verdict` (`ham`, `unsure`, `spam`): the filter's verdicts on incoming
     /// mail.
-    pub const FILTER_VERDICTS: &str = "mailroom_filter_verdicts_total";
+    pub const FILTER_VERDICTS: &str = mailroom_pipeline::metric_names::VERDICTS;
     /// Histogram, seconds to tokenize and classify one message.
-    pub const FILTER_CLASSIFY_SECONDS: &str = "mailroom_filter_classify_seconds";
+    pub const FILTER_CLASSIFY_SECONDS: &str = mailroom_pipeline::metric_names::CLASSIFY_SECONDS;
     /// Counter, labels `label` (`spam`, `ham`) and `action` (`unchanged`, `quarantined`,
     /// `released`): feedback given through the API.
     pub const FEEDBACK: &str = "mailroom_feedback_total";

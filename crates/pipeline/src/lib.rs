@@ -40,6 +40,21 @@ pub use workers::{run_workers, worker_stats, WorkerStats};
 // Re-exported so that callers of this crate can name the types of its API.
 pub use mailroom_store::{MessageFlag, ThreadDecision};
 
+/// Names of the metrics this crate records (through the `metrics` facade).
+pub mod metric_names {
+    /// Counter by `outcome` (`new_ticket`, `appended`, `orphan`, `quarantined`, `failed`,
+    /// `already_processed`).
+    pub const MESSAGES: &str = "mailroom_pipeline_messages_total";
+    /// Histogram: seconds from reading a spool entry to its commit.
+    pub const LATENCY: &str = "mailroom_pipeline_latency_seconds";
+    /// Gauge: unprocessed spool entries.
+    pub const SPOOL_DEPTH: &str = "mailroom_spool_depth";
+    /// Counter by `verdict` (`ham`, `unsure`, `spam`).
+    pub const VERDICTS: &str = "mailroom_filter_verdicts_total";
+    /// Histogram: seconds to tokenize and classify one message.
+    pub const CLASSIFY_SECONDS: &str = "mailroom_filter_classify_seconds";
+}
+
 /// Bounds on the work done for one message. Every limit is enforced by the pipeline itself,
 /// whatever the parser would accept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,7 +244,28 @@ pub fn process_entry(
     let limits = &settings.limits;
     let span = tracing::info_span!("message", spool_id = id.0);
     let _enter = span.enter();
+    let started = std::time::Instant::now();
+    let processed = process_entry_inner(store, id, limits, settings)?;
+    let outcome = match processed.outcome {
+        Outcome::NewTicket { .. } => "new_ticket",
+        Outcome::Appended { .. } => "appended",
+        Outcome::Orphan { .. } => "orphan",
+        Outcome::Quarantined { .. } => "quarantined",
+        Outcome::Failed { .. } => "failed",
+        Outcome::AlreadyProcessed => "already_processed",
+    };
+    metrics::counter!(metric_names::MESSAGES, "outcome" => outcome).increment(1);
+    metrics::histogram!(metric_names::LATENCY).record(started.elapsed().as_secs_f64());
+    metrics::gauge!(metric_names::SPOOL_DEPTH).set(store.spool_len() as f64);
+    Ok(processed)
+}
 
+fn process_entry_inner(
+    store: &Store,
+    id: SpoolId,
+    limits: &Limits,
+    settings: &Settings,
+) -> Result<Processed, PipelineError> {
     let Some(entry) = store.spool_get(id)? else {
         tracing::debug!("already processed");
         return Ok(Processed {
@@ -256,7 +292,19 @@ pub fn process_entry(
 
     let (decision, flags) = decide(store, &analysis)?;
     let classification = match &settings.filter {
-        Some(filter) => Some(filter.classify(store, &entry.raw)?),
+        Some(filter) => {
+            let started = std::time::Instant::now();
+            let c = filter.classify(store, &entry.raw)?;
+            metrics::histogram!(metric_names::CLASSIFY_SECONDS)
+                .record(started.elapsed().as_secs_f64());
+            let verdict = match c.verdict {
+                mailroom_store::Verdict::Ham => "ham",
+                mailroom_store::Verdict::Unsure => "unsure",
+                mailroom_store::Verdict::Spam => "spam",
+            };
+            metrics::counter!(metric_names::VERDICTS, "verdict" => verdict).increment(1);
+            Some(c)
+        }
         None => None,
     };
     let verdict = classification.as_ref().map(|c| c.verdict);

@@ -46,3 +46,15 @@ mod session;
 pub use config::{load_tls, ConfigError, SmtpConfig, TlsError, MIN_LINE_LENGTH};
 pub use server::run;
 pub use session::{Action, Delivery, Session};
+
+/// Names of the metrics this crate records (through the `metrics` facade: nothing is recorded
+/// until the binary installs a recorder).
+pub mod metric_names {
+    /// Counter: messages accepted (`250` after the spool's fsync).
+    pub const ACCEPTED: &str = "mailroom_smtp_messages_accepted_total";
+    /// Counter by `reason` (reply code and enhanced code, e.g. `552 5.3.4`): every 4xx/5xx reply,
+    /// refused connections included.
+    pub const REJECTED: &str = "mailroom_smtp_messages_rejected_total";
+    /// Gauge: SMTP sessions open now.
+    pub const SESSIONS: &str = "mailroom_smtp_sessions";
+}

@@ -101,6 +101,7 @@ pub async fn run<S: Spool>(
                 next_id = next_id.wrapping_add(1);
                 match limiter.semaphore.clone().try_acquire_owned() {
                     Ok(permit) => {
+                        metrics::gauge!(crate::metric_names::SESSIONS).increment(1.0);
                         let span = tracing::info_span!(
                             "smtp_session",
                             id = %format_args!("{next_id:016x}")
@@ -210,12 +211,22 @@ fn id_seed() -> u64 {
 
 /// Tell a connection over the limit to come back later.
 async fn refuse(mut stream: TcpStream, hostname: String) {
+    metrics::counter!(crate::metric_names::REJECTED, "reason" => "421 4.3.2").increment(1);
     let reply = format!("421 4.3.2 {hostname} Too many connections, try again later\r\n");
     let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, async {
         stream.write_all(reply.as_bytes()).await?;
         stream.shutdown().await
     })
     .await;
+}
+
+/// Decrements the open-sessions gauge when a session ends, however it ends.
+struct SessionGauge;
+
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metric_names::SESSIONS).decrement(1.0);
+    }
 }
 
 /// One connection, from greeting to close.
@@ -228,6 +239,8 @@ async fn serve<S: Spool>(
     id: u64,
     _permit: OwnedSemaphorePermit,
 ) {
+    // Counted up when the permit was taken; down here on every way out.
+    let _open = SessionGauge;
     debug!("session started");
     let _ = tcp.set_nodelay(true);
     let mut session = Session::new(config.clone(), peer, id);
@@ -350,7 +363,10 @@ where
                     }
                 };
                 match &result {
-                    Ok(spool_id) => info!(%spool_id, size, "message accepted"),
+                    Ok(spool_id) => {
+                        metrics::counter!(crate::metric_names::ACCEPTED).increment(1);
+                        info!(%spool_id, size, "message accepted")
+                    }
                     Err(err) => warn!(error = %err, "spool refused a message"),
                 }
                 session.delivered(result);

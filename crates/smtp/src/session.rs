@@ -331,6 +331,14 @@ impl Session {
     // ----- replies -----
 
     fn reply(&mut self, code: u16, esc: [u8; 3], text: impl Display) {
+        if code >= 400 {
+            // Bounded cardinality: the reason is the reply and enhanced code, e.g. `552 5.3.4`.
+            metrics::counter!(
+                crate::metric_names::REJECTED,
+                "reason" => format!("{code} {}.{}.{}", esc[0], esc[1], esc[2])
+            )
+            .increment(1);
+        }
         // Writing into a Vec cannot fail.
         let _ = Response {
             code,
