@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{IVec, Transactional};
 
+use crate::commit::{fail, replan, Abort, MAX_PLANS};
 use crate::crypto::{self, KeyRef};
 use crate::filter::TrainOutcome;
 use crate::keys::now_secs;
@@ -29,14 +30,11 @@ use crate::model::{
 };
 use crate::records::{
     be, be2, decode, encode, frame, from_be, tree, unframe, AttachmentMeta, AttachmentSecret,
-    ContactMeta, ContactSecret, MessageMeta, MessageSecret, QuarantineMeta, QuarantineSecret,
-    StoredFlag, TicketMeta, TicketSecret,
+    MessageMeta, MessageSecret, QuarantineMeta, QuarantineSecret, TicketMeta, TicketSecret,
 };
 use crate::spool::UNREADABLE;
 use crate::{Result, Store, StoreError};
 
-/// How often a move plans again after the database changed under it.
-const MAX_PLANS: usize = 8;
 
 /// Key in `meta` of the next ticket number (the same counter `commit_message` uses).
 const NEXT_TICKET: &[u8] = b"next_ticket";
@@ -139,23 +137,6 @@ pub struct AttachmentDownload {
     pub content_type: String,
 }
 
-/// Why a move transaction aborted.
-enum Abort {
-    Store(StoreError),
-    /// The plan no longer matches the database: plan again.
-    Replan,
-}
-
-type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Abort>>;
-
-fn fail(e: StoreError) -> ConflictableTransactionError<Abort> {
-    ConflictableTransactionError::Abort(Abort::Store(e))
-}
-
-fn replan<T>() -> TxResult<T> {
-    Err(ConflictableTransactionError::Abort(Abort::Replan))
-}
-
 /// Run `attempt` until it does not ask for a new plan (at most [`MAX_PLANS`] times).
 fn with_replans<T>(
     what: &str,
@@ -179,15 +160,9 @@ struct Loaded {
     raw: Vec<u8>,
 }
 
-/// Whether a message's flags make it automatic mail (its sender does not become a
-/// participant, as in `commit_message`).
+/// Whether a message is automatic mail (see `commit::automatic`).
 fn automatic(meta: &MessageMeta) -> bool {
-    meta.flags.iter().any(|f| {
-        matches!(
-            f,
-            StoredFlag::AutoReply | StoredFlag::Bounce | StoredFlag::Bulk
-        )
-    })
+    crate::commit::automatic(&meta.flags)
 }
 
 fn unsure(meta: &MessageMeta) -> bool {
@@ -214,17 +189,6 @@ fn readable<T>(r: Result<T>) -> Result<Option<T>> {
 }
 
 impl Store {
-    /// Decrypt a framed secret (`frame(S, [])`) sealed under `tree`/`key`.
-    fn open_framed<S: serde::de::DeserializeOwned>(
-        &self,
-        sealed: &[u8],
-        tree: &str,
-        key: &[u8],
-    ) -> Result<S> {
-        let plain = self.open_sealed(sealed, tree, key)?;
-        Ok(unframe::<S>(&plain)?.0)
-    }
-
     /// Read and decrypt message `id`; `None` if there is no such message.
     fn load_message(&self, id: u64) -> Result<Option<Loaded>> {
         let Some(value) = self.inner.t.messages.get(be(id))? else {
@@ -304,7 +268,7 @@ impl Store {
                 let (meta, sealed): (TicketMeta, _) = unframe(&value)?;
                 if meta.messages.first() == Some(&id) {
                     if let Some(s) =
-                        readable(self.open_framed::<TicketSecret>(sealed, tree::TICKETS, &be(t)))?
+                        readable(self.open_secret::<TicketSecret>(sealed, tree::TICKETS, &be(t)))?
                     {
                         return Ok(s.subject);
                     }
@@ -483,7 +447,7 @@ impl Store {
         let (qmeta, qsealed): (QuarantineMeta, _) = unframe(&qv)?;
         let contact = qmeta.contact;
         let subject = self
-            .open_framed::<QuarantineSecret>(qsealed, tree::QUARANTINE, &be(id))?
+            .open_secret::<QuarantineSecret>(qsealed, tree::QUARANTINE, &be(id))?
             .subject;
         let key = self.inner.keys.key(KeyRef::Person(contact))?;
         let message_id = match loaded {
@@ -707,24 +671,6 @@ impl Store {
         Ok(true)
     }
 
-    /// A contact's address, or `[erased]`.
-    fn address_of(&self, id: u64, cache: &mut HashMap<u64, String>) -> Result<String> {
-        if let Some(a) = cache.get(&id) {
-            return Ok(a.clone());
-        }
-        let address = match self.inner.t.contacts.get(be(id))? {
-            Some(value) => {
-                let (_meta, sealed): (ContactMeta, _) = unframe(&value)?;
-                readable(self.open_framed::<ContactSecret>(sealed, tree::CONTACTS, &be(id)))?
-                    .map(|c| c.address)
-                    .unwrap_or_else(|| UNREADABLE.to_string())
-            }
-            None => UNREADABLE.to_string(),
-        };
-        cache.insert(id, address.clone());
-        Ok(address)
-    }
-
     /// One page of tickets matching `query`, newest first. Filters are applied to the plain
     /// metadata before anything is decrypted; the requester is matched by keyed hash.
     pub fn ticket_page(&self, query: &TicketQuery) -> Result<TicketPage> {
@@ -768,13 +714,13 @@ impl Store {
                 break;
             }
             let subject =
-                readable(self.open_framed::<TicketSecret>(sealed, tree::TICKETS, &be(id)))?
+                readable(self.open_secret::<TicketSecret>(sealed, tree::TICKETS, &be(id)))?
                     .map(|s| s.subject)
                     .unwrap_or_else(|| UNREADABLE.to_string());
             tickets.push(TicketSummary {
                 id,
                 subject,
-                requester: self.address_of(meta.requester, &mut cache)?,
+                requester: self.contact_address(meta.requester, &mut cache)?,
                 messages: meta.messages.len(),
                 attachments: meta.attachments as usize,
                 status: meta.status,
@@ -864,7 +810,7 @@ impl Store {
             };
             let (_meta, sealed): (AttachmentMeta, _) = unframe(&value)?;
             let secret: AttachmentSecret =
-                self.open_framed(sealed, tree::ATTACHMENTS, record_key)?;
+                self.open_secret(sealed, tree::ATTACHMENTS, record_key)?;
             if secret.sha256 != digest {
                 continue;
             }

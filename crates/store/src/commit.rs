@@ -28,24 +28,35 @@ use crate::records::{
 };
 use crate::{Result, Store, StoreError};
 
-/// How often a commit re-plans after the contact or a blob changed under it.
-const MAX_PLANS: usize = 8;
+/// How often a transaction re-plans after what it read changed under it.
+pub(crate) const MAX_PLANS: usize = 8;
 
-/// Why a commit transaction aborted.
-enum Abort {
+/// Why a planned transaction (commit, feedback move, release) aborted.
+pub(crate) enum Abort {
     Store(StoreError),
     /// The plan no longer matches the database: plan again.
     Replan,
 }
 
-type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Abort>>;
+pub(crate) type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Abort>>;
 
-fn fail(e: StoreError) -> ConflictableTransactionError<Abort> {
+pub(crate) fn fail(e: StoreError) -> ConflictableTransactionError<Abort> {
     ConflictableTransactionError::Abort(Abort::Store(e))
 }
 
-fn replan<T>() -> TxResult<T> {
+pub(crate) fn replan<T>() -> TxResult<T> {
     Err(ConflictableTransactionError::Abort(Abort::Replan))
+}
+
+/// Whether these flags make a message automatic mail (auto-reply, bounce, list): kept on its
+/// ticket, but its sender does not become a participant.
+pub(crate) fn automatic(flags: &[StoredFlag]) -> bool {
+    flags.iter().any(|f| {
+        matches!(
+            f,
+            StoredFlag::AutoReply | StoredFlag::Bounce | StoredFlag::Bulk
+        )
+    })
 }
 
 struct PreparedAttachment {
@@ -410,12 +421,7 @@ impl Store {
                 // Automatic mail (auto-replies, bounces, list mail) is kept on the ticket but
                 // does not make its sender a participant: a mailer-daemon that bounced once must
                 // not be able to thread ordinary mail into the ticket later.
-                let automatic = p.message_meta.flags.iter().any(|f| {
-                    matches!(
-                        f,
-                        StoredFlag::AutoReply | StoredFlag::Bounce | StoredFlag::Bulk
-                    )
-                });
+                let automatic = automatic(&p.message_meta.flags);
                 match ticket {
                     Some(id) => {
                         if new_ticket || !automatic {

@@ -24,7 +24,7 @@ fn readable<T>(r: Result<T>) -> Result<Option<T>> {
 
 impl Store {
     /// Decrypt a framed secret (`frame(S, [])`) sealed under `tree`/`key`.
-    fn open_secret<S: serde::de::DeserializeOwned>(
+    pub(crate) fn open_secret<S: serde::de::DeserializeOwned>(
         &self,
         sealed: &[u8],
         tree: &str,
@@ -36,7 +36,11 @@ impl Store {
     }
 
     /// A contact's address, or `[erased]` when the contact or its key is gone.
-    fn contact_address(&self, id: u64, cache: &mut HashMap<u64, String>) -> Result<String> {
+    pub(crate) fn contact_address(
+        &self,
+        id: u64,
+        cache: &mut HashMap<u64, String>,
+    ) -> Result<String> {
         if let Some(a) = cache.get(&id) {
             return Ok(a.clone());
         }
