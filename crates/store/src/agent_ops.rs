@@ -35,10 +35,6 @@ use crate::records::{
 use crate::spool::UNREADABLE;
 use crate::{Result, Store, StoreError};
 
-
-/// Key in `meta` of the next ticket number (the same counter `commit_message` uses).
-const NEXT_TICKET: &[u8] = b"next_ticket";
-
 /// What [`Store::message_feedback`] did besides training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -511,11 +507,13 @@ impl Store {
                                 (tk, false)
                             }
                             None => {
-                                let tk = match meta_tree.get(NEXT_TICKET)? {
-                                    Some(v) => from_be(&v).map_err(fail)?,
-                                    None => 1,
-                                };
-                                meta_tree.insert(NEXT_TICKET, &be(tk + 1))?;
+                                let tk =
+                                    match meta_tree.get(crate::records::meta_key::NEXT_TICKET)? {
+                                        Some(v) => from_be(&v).map_err(fail)?,
+                                        None => 1,
+                                    };
+                                meta_tree
+                                    .insert(crate::records::meta_key::NEXT_TICKET, &be(tk + 1))?;
                                 let sealed = crypto::seal(
                                     &key,
                                     KeyRef::Person(contact),
