@@ -26,14 +26,46 @@ pub struct Env {
 impl Env {
     /// A config with the given extra TOML lines in `[smtp]`.
     pub fn new(smtp_extra: &str) -> Env {
+        Env::with_config(smtp_extra, "", "")
+    }
+
+    /// A config with extra TOML lines in `[smtp]` and in `[http]`, and `tail` (whole sections,
+    /// e.g. `[filter]`) at the end.
+    pub fn with_config(smtp_extra: &str, http_extra: &str, tail: &str) -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
         let config = dir.path().join("mailroom.toml");
         let text = format!(
-            "[store]\npath = {data:?}\n\n[smtp]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"mx.test\"\ndomains = [\"support.example.com\"]\n{smtp_extra}\n\n[http]\nlisten = [\"127.0.0.1:0\"]\n\n[log]\nlevel = \"warn\"\n"
+            "[store]\npath = {data:?}\n\n[smtp]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"mx.test\"\ndomains = [\"support.example.com\"]\n{smtp_extra}\n\n[http]\nlisten = [\"127.0.0.1:0\"]\n{http_extra}\n\n[log]\nlevel = \"warn\"\n\n{tail}\n"
         );
         std::fs::write(&config, text).expect("write config");
         Env { dir, config }
+    }
+
+    /// `token create --name NAME --role ROLE [--expires DAYS]`: the token's id and secret.
+    pub fn token(&self, name: &str, role: &str, expires_days: Option<u64>) -> (u64, String) {
+        let days = expires_days.map(|d| d.to_string());
+        let mut args = vec!["token", "create", "--name", name, "--role", role];
+        if let Some(d) = &days {
+            args.extend(["--expires", d.as_str()]);
+        }
+        let out = self.cli(&args);
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        let mut lines = text.lines();
+        let id = lines
+            .next()
+            .and_then(|l| l.strip_prefix("token "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("no token id in {text:?}"));
+        let secret = lines.next().unwrap_or_default().trim().to_string();
+        assert!(!secret.is_empty(), "no secret in {text:?}");
+        (id, secret)
     }
 
     /// The data directory.
@@ -114,6 +146,8 @@ impl Env {
 pub struct Server {
     pub child: Child,
     pub smtp: SocketAddr,
+    /// The HTTP API's first address, when `http.listen` is not empty.
+    pub http: Option<SocketAddr>,
     lines: mpsc::Receiver<String>,
 }
 
@@ -137,6 +171,7 @@ impl Server {
             }
         });
         let mut smtp = None;
+        let mut http = None;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -150,6 +185,9 @@ impl Server {
             if let Some(addr) = line.strip_prefix("smtp: listening on ") {
                 smtp = Some(addr.parse().expect("smtp address"));
             }
+            if let Some(addr) = line.strip_prefix("http: listening on ") {
+                http = http.or(Some(addr.parse().expect("http address")));
+            }
             if line.starts_with("control: listening on ") {
                 break;
             }
@@ -157,6 +195,7 @@ impl Server {
         Server {
             child,
             smtp: smtp.expect("smtp address printed before control"),
+            http,
             lines: rx,
         }
     }
@@ -198,6 +237,13 @@ impl Server {
     /// A raw SMTP connection.
     pub fn connect(&self) -> Smtp {
         Smtp::connect(self.smtp)
+    }
+
+    /// A client of the HTTP API.
+    pub fn api(&self) -> Http {
+        Http {
+            addr: self.http.expect("the server listens for HTTP"),
+        }
     }
 }
 
@@ -376,4 +422,195 @@ pub fn require_tool(name: &str) {
         found,
         "`{name}` is not installed: run scripts/test, which installs what the tests need"
     );
+}
+
+/// A minimal HTTP/1.1 client over a real socket (one request per connection).
+#[derive(Debug, Clone, Copy)]
+pub struct Http {
+    pub addr: SocketAddr,
+}
+
+/// An HTTP response.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first header called `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON (panics when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{} response is not JSON ({e}): {}",
+                self.status,
+                self.text()
+            )
+        })
+    }
+
+    /// The `error.code` of a JSON error body; checks its shape and content type.
+    pub fn error_code(&self) -> String {
+        assert!(
+            self.header("content-type")
+                .is_some_and(|t| t.starts_with("application/json")),
+            "error without a JSON content type: {self:?}"
+        );
+        let v = self.json();
+        let code = v["error"]["code"].as_str().unwrap_or_else(|| {
+            panic!("error body without error.code: {v}");
+        });
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "error body without error.message: {v}"
+        );
+        code.to_string()
+    }
+}
+
+impl Http {
+    /// Send one request; `token` goes in `Authorization: Bearer`, `body` as JSON.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> HttpResponse {
+        let mut headers = Vec::new();
+        if let Some(t) = token {
+            headers.push(("Authorization".to_string(), format!("Bearer {t}")));
+        }
+        let body = body.map(|b| serde_json::to_vec(b).expect("json"));
+        if body.is_some() {
+            headers.push(("Content-Type".to_string(), "application/json".to_string()));
+        }
+        self.raw(method, path, &headers, body.as_deref())
+    }
+
+    /// Send one request with these headers (and `Host`, `Connection: close`,
+    /// `Content-Length`).
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: Option<&[u8]>,
+    ) -> HttpResponse {
+        let mut stream = TcpStream::connect(self.addr).expect("connect to the API");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.addr
+        );
+        for (name, value) in headers {
+            req.push_str(&format!("{name}: {value}\r\n"));
+        }
+        let body = body.unwrap_or_default();
+        if !body.is_empty() || method == "POST" {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        stream.write_all(req.as_bytes()).expect("write request");
+        stream.write_all(body).expect("write body");
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).expect("read response");
+        parse_http_response(&buf)
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str, token: Option<&str>) -> HttpResponse {
+        self.request("GET", path, token, None)
+    }
+
+    /// `POST path` with a JSON body.
+    pub fn post(&self, path: &str, token: Option<&str>, body: Option<&Value>) -> HttpResponse {
+        self.request("POST", path, token, body)
+    }
+
+    /// `DELETE path`.
+    pub fn delete(&self, path: &str, token: Option<&str>) -> HttpResponse {
+        self.request("DELETE", path, token, None)
+    }
+
+    /// `GET path` that must answer 200 with JSON.
+    pub fn get_json(&self, path: &str, token: &str) -> Value {
+        let r = self.get(path, Some(token));
+        assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+        r.json()
+    }
+}
+
+/// Parse a whole HTTP/1.1 response (the server closed the connection after it).
+pub fn parse_http_response(buf: &[u8]) -> HttpResponse {
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(buf)));
+    let head = std::str::from_utf8(&buf[..end]).expect("header section is UTF-8");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let rest = &buf[end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        let mut body = Vec::new();
+        let mut at = rest;
+        loop {
+            let line_end = at
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .expect("chunk size line");
+            let size_text = std::str::from_utf8(&at[..line_end]).expect("chunk size");
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+                .expect("hex chunk size");
+            at = &at[line_end + 2..];
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&at[..size]);
+            at = &at[size + 2..];
+        }
+        body
+    } else {
+        match headers.iter().find(|(n, _)| n == "content-length") {
+            Some((_, len)) => rest[..len.parse::<usize>().expect("content-length")].to_vec(),
+            None => rest.to_vec(),
+        }
+    };
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
 }

@@ -230,9 +230,10 @@ fn safe_content_type(ct: &str) -> HeaderValue {
 /// Download an attachment. The type comes from its record; the file name is sanitised.
 #[utoipa::path(get, path = "/v1/attachments/{contact}/{sha256}", tag = "messages",
     params(("contact" = u64, Path, description = "Owner contact id"),
-        ("sha256" = String, Path, description = "Hex SHA-256 of the content")),
-    responses((status = 200, description = "The attachment", content_type = "application/octet-stream",
-        body = String)))]
+        ("sha256" = String, Path, description = "Hex SHA-256 of the content",
+            pattern = "^[0-9a-fA-F]{64}$")),
+    responses((status = 200, description = "The attachment, with the type it was sent as",
+        content_type = "*/*")))]
 pub async fn attachment(
     State(app): State<AppState>,
     ApiPath((contact, sha256)): ApiPath<(u64, String)>,
