@@ -220,6 +220,9 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
         settings_rx.clone(),
         shutdown_rx.clone(),
     ));
+    // Before anything says "ready": see `ReloadTriggers` and `StopSignals`.
+    let triggers = ReloadTriggers::install(config_path);
+    let mut stop = StopSignals::install()?;
     let control = {
         let path = crate::control::socket_path(&config);
         let store = store.clone();
@@ -252,7 +255,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
         }));
     }
     let reloader = tokio::spawn(reload_loop(
-        config_path,
+        triggers,
         Live {
             running: config.clone(),
             api_listen,
@@ -272,7 +275,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
         .await
     });
 
-    let signal = wait_for_signal().await;
+    let signal = stop.wait().await;
     tracing::info!(signal, "shutting down");
     println!("mailroom: {signal}: shutting down");
     let _ = shutdown_tx.send(true);
@@ -305,18 +308,27 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
+/// SIGTERM and SIGINT, listened for from before the service says it is ready (their default
+/// action would end the process without a graceful shutdown).
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
+    }
+
+    async fn wait(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
         }
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "SIGINT",
     }
 }
 
@@ -391,39 +403,65 @@ impl Live {
     }
 }
 
+/// What makes the service reload: SIGHUP and changes of the config file. Installed before the
+/// service says it is ready, so that no edit and no SIGHUP (whose default action would end the
+/// process) can come too early.
+struct ReloadTriggers {
+    path: PathBuf,
+    changes: tokio::sync::mpsc::Receiver<()>,
+    /// Kept alive for the life of the loop.
+    _watcher: Option<notify::RecommendedWatcher>,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl ReloadTriggers {
+    fn install(path: Option<PathBuf>) -> Option<ReloadTriggers> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let path = path?;
+        let (tx, changes) = tokio::sync::mpsc::channel::<()>(1);
+        let watcher = watch_file(&path, tx);
+        let hup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP");
+                None
+            }
+        };
+        Some(ReloadTriggers {
+            path,
+            changes,
+            _watcher: watcher,
+            hup,
+        })
+    }
+}
+
 /// Reload on SIGHUP and whenever the config file changes (editors that replace the file by a
 /// rename included: the directory is watched). Without a config file there is nothing to do.
-async fn reload_loop(path: Option<PathBuf>, mut live: Live, mut shutdown: watch::Receiver<bool>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Some(path) = path else {
+async fn reload_loop(
+    triggers: Option<ReloadTriggers>,
+    mut live: Live,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Some(mut t) = triggers else {
         return;
-    };
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-    // Keep the watcher alive for the life of the loop.
-    let _watcher = watch_file(&path, tx.clone());
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP");
-            None
-        }
     };
     loop {
         tokio::select! {
             _ = async {
-                match hup.as_mut() {
+                match t.hup.as_mut() {
                     Some(h) => { h.recv().await; }
                     None => std::future::pending::<()>().await,
                 }
             } => {}
-            Some(()) = rx.recv() => {
+            Some(()) = t.changes.recv() => {
                 // Let the editor finish writing (several events come for one save).
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                while rx.try_recv().is_ok() {}
+                while t.changes.try_recv().is_ok() {}
             }
             _ = shutdown.changed() => return,
         }
-        live.reload(&path);
+        live.reload(&t.path);
     }
 }
 

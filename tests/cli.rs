@@ -28,7 +28,7 @@ fn ok(out: &std::process::Output) -> String {
 
 #[test]
 fn ingest_file_maildir_and_mbox_without_a_server() {
-    let env = Env::new("");
+    let env = Env::no_filter("");
     let root = env.dir.path().join("input");
     // One .eml with a leading mbox "From " line.
     let mut eml = b"From alice@example.org Mon Nov 23 10:00:00 2026\n".to_vec();
@@ -99,7 +99,7 @@ fn ingest_file_maildir_and_mbox_without_a_server() {
 
 #[test]
 fn ingest_hands_messages_to_a_running_server() {
-    let env = Env::new("");
+    let env = Env::no_filter("");
     let server = env.serve();
     let dir = env.dir.path().join("in");
     for i in 0..3 {
@@ -124,7 +124,7 @@ fn ingest_hands_messages_to_a_running_server() {
 
 #[test]
 fn ingest_reports_unreadable_inputs_and_exits_nonzero() {
-    let env = Env::new("");
+    let env = Env::no_filter("");
     let out = env.cli(&["ingest", "/nonexistent/path/for/mailroom"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -217,7 +217,7 @@ fn every_command_has_help() {
 
 #[test]
 fn commands_work_on_a_fresh_data_dir_without_a_server() {
-    let env = Env::new("");
+    let env = Env::no_filter("");
     assert!(env.tickets().is_empty());
     let failed = env.cli_json(&["failed", "list", "--json"]);
     assert_eq!(failed, serde_json::json!([]));

@@ -55,7 +55,7 @@ fn sigkill_loses_nothing_acknowledged_and_duplicates_nothing() {
         .unwrap_or_else(|| rand::rng().random());
     eprintln!("crash test seed {seed} (set CRASH_SEED to replay)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let env = Env::new("");
+    let env = Env::no_filter("");
     let rounds = 6;
     let mut all_acked: Vec<String> = Vec::new();
 

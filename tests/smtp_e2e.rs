@@ -11,7 +11,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 #[test]
 fn plain_message_becomes_a_ticket_with_received_header() {
-    let env = Env::new("");
+    let env = Env::no_filter("");
     let server = env.serve();
     let mut c = server.connect();
     assert_eq!(c.cmd("EHLO client.example.org").code, 250);
@@ -70,7 +70,7 @@ fn plain_message_becomes_a_ticket_with_received_header() {
 
 #[test]
 fn foreign_recipient_is_refused_and_nothing_stored() {
-    let env = Env::new("");
+    let env = Env::no_filter("");
     let server = env.serve();
     let mut c = server.connect();
     c.cmd("EHLO client.example.org");
@@ -87,7 +87,7 @@ fn foreign_recipient_is_refused_and_nothing_stored() {
 
 #[test]
 fn too_large_is_refused_at_mail_and_at_data_and_nothing_stored() {
-    let env = Env::new("max_message_size = 65536");
+    let env = Env::no_filter("max_message_size = 65536");
     let server = env.serve();
     let mut c = server.connect();
     let ehlo = c.cmd("EHLO client.example.org");
@@ -115,7 +115,7 @@ fn too_large_is_refused_at_mail_and_at_data_and_nothing_stored() {
 
 #[test]
 fn pipelining_8bitmime_and_smtputf8() {
-    let env = Env::new("");
+    let env = Env::no_filter("");
     let server = env.serve();
     let mut c = server.connect();
     let ehlo = c.cmd("EHLO client.example.org");
@@ -173,7 +173,7 @@ fn pipelining_8bitmime_and_smtputf8() {
 
 #[test]
 fn utf8_address_without_smtputf8_is_refused() {
-    let env = Env::new("");
+    let env = Env::no_filter("");
     let server = env.serve();
     let mut c = server.connect();
     c.cmd("EHLO client.example.org");
@@ -184,7 +184,7 @@ fn utf8_address_without_smtputf8_is_refused() {
 
 #[test]
 fn bdat_chunking() {
-    let env = Env::new("");
+    let env = Env::no_filter("");
     let server = env.serve();
     let mut c = server.connect();
     c.cmd("EHLO client.example.org");
@@ -206,7 +206,7 @@ fn bdat_chunking() {
 
 #[test]
 fn bare_lf_dot_does_not_end_data() {
-    let env = Env::new("");
+    let env = Env::no_filter("");
     let server = env.serve();
     let mut c = server.connect();
     c.cmd("EHLO client.example.org");
@@ -236,7 +236,7 @@ fn bare_lf_dot_does_not_end_data() {
 #[test]
 fn swaks_with_pipelining_and_attachments() {
     require_tool("swaks");
-    let env = Env::new("");
+    let env = Env::no_filter("");
     let server = env.serve();
     let dir = env.dir.path();
     let a = dir.join("report.pdf");
@@ -275,7 +275,7 @@ fn swaks_with_pipelining_and_attachments() {
 
 #[test]
 fn nested_multipart_attachments_are_stored_once_and_tagged() {
-    let env = Env::new("");
+    let env = Env::no_filter("");
     let server = env.serve();
     let raw = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -319,7 +319,7 @@ fn nested_multipart_attachments_are_stored_once_and_tagged() {
 
 #[test]
 fn replies_thread_auto_replies_and_bounces_make_no_new_ticket() {
-    let env = Env::new("");
+    let env = Env::no_filter("");
     let server = env.serve();
     let mut c = server.connect();
     c.cmd("EHLO client.example.org");
@@ -447,7 +447,7 @@ fn replies_thread_auto_replies_and_bounces_make_no_new_ticket() {
 
 #[test]
 fn broken_mime_is_kept_and_garbage_goes_to_the_failed_list() {
-    let env = Env::new("");
+    let env = Env::no_filter("");
     let server = env.serve();
     let mut c = server.connect();
     c.cmd("EHLO client.example.org");
@@ -501,7 +501,7 @@ fn lettre_client_and_starttls() {
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let env = Env::new(&format!(
+    let env = Env::no_filter(&format!(
         "tls_cert = {:?}\ntls_key = {:?}",
         cert_path.display().to_string(),
         key_path.display().to_string()
@@ -546,7 +546,7 @@ fn lettre_client_and_starttls() {
 
 #[test]
 fn connection_limit_answers_421() {
-    let env = Env::new("max_connections = 2");
+    let env = Env::no_filter("max_connections = 2");
     let server = env.serve();
     let _a = server.connect();
     let _b = server.connect();
@@ -563,7 +563,7 @@ fn connection_limit_answers_421() {
 
 #[test]
 fn idle_session_times_out_with_421() {
-    let env = Env::new("idle_timeout_secs = 1");
+    let env = Env::no_filter("idle_timeout_secs = 1");
     let server = env.serve();
     let mut c = server.connect();
     let rest = c.read_to_close();

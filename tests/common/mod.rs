@@ -29,6 +29,12 @@ impl Env {
         Env::with_config(smtp_extra, "", "")
     }
 
+    /// A config with the spam filter off: for tests of ingestion and threading, whose
+    /// messages must become tickets whatever the starter model thinks of them.
+    pub fn no_filter(smtp_extra: &str) -> Env {
+        Env::with_config(smtp_extra, "", "[filter]\nenabled = false\n")
+    }
+
     /// A config with extra TOML lines in `[smtp]` and in `[http]`, and `tail` (whole sections,
     /// e.g. `[filter]`) at the end.
     pub fn with_config(smtp_extra: &str, http_extra: &str, tail: &str) -> Env {
