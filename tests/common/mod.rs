@@ -118,6 +118,12 @@ impl Env {
         Server::start(config)
     }
 
+    /// Start `mailroom serve` with its log (stderr) going to `log` at `filter`
+    /// (`MAILROOM_LOG`).
+    pub fn serve_logging(&self, log: &Path, filter: &str) -> Server {
+        Server::start_with(&self.config, Some((log, filter)))
+    }
+
     /// `tickets list --json`.
     pub fn tickets(&self) -> Vec<Value> {
         match self.cli_json(&["tickets", "list", "--json"]) {
@@ -159,13 +165,25 @@ pub struct Server {
 
 impl Server {
     fn start(config: &Path) -> Server {
-        let mut child = Command::new(bin())
+        Server::start_with(config, None)
+    }
+
+    fn start_with(config: &Path, log: Option<(&Path, &str)>) -> Server {
+        let mut command = Command::new(bin());
+        command
             .args(["serve", "--config"])
             .arg(config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn mailroom serve");
+            .stdout(Stdio::piped());
+        match log {
+            Some((path, filter)) => {
+                let file = std::fs::File::create(path).expect("log file");
+                command.stderr(file).env("MAILROOM_LOG", filter);
+            }
+            None => {
+                command.stderr(Stdio::inherit());
+            }
+        }
+        let mut child = command.spawn().expect("spawn mailroom serve");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
