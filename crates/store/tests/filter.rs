@@ -33,31 +33,39 @@ fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../corpus/spamassassin")
 }
 
+/// The first `n` messages of the SpamAssassin corpus index, tokenized (keeping token texts
+/// when `with_text`).
+fn load_corpus(n: usize, with_text: bool) -> Vec<Mail> {
+    let dir = corpus_dir();
+    let index = std::fs::read_to_string(dir.join("index")).unwrap();
+    let tokenizer = Tokenizer::default();
+    index
+        .lines()
+        .take(n)
+        .map(|line| {
+            let (label, path) = line.split_once(' ').unwrap();
+            let raw = std::fs::read(dir.join(path)).unwrap();
+            Mail {
+                label: if label == "spam" {
+                    Label::Spam
+                } else {
+                    Label::Ham
+                },
+                features: if with_text {
+                    tokenizer.tokenize_with_text(&raw)
+                } else {
+                    tokenizer.tokenize(&raw)
+                },
+                raw,
+            }
+        })
+        .collect()
+}
+
 /// The first 80 messages of the SpamAssassin corpus index, tokenized once.
 fn corpus() -> &'static [Mail] {
     static MAILS: OnceLock<Vec<Mail>> = OnceLock::new();
-    MAILS.get_or_init(|| {
-        let dir = corpus_dir();
-        let index = std::fs::read_to_string(dir.join("index")).unwrap();
-        let tokenizer = Tokenizer::default();
-        index
-            .lines()
-            .take(80)
-            .map(|line| {
-                let (label, path) = line.split_once(' ').unwrap();
-                let raw = std::fs::read(dir.join(path)).unwrap();
-                Mail {
-                    label: if label == "spam" {
-                        Label::Spam
-                    } else {
-                        Label::Ham
-                    },
-                    features: tokenizer.tokenize_with_text(&raw),
-                    raw,
-                }
-            })
-            .collect()
-    })
+    MAILS.get_or_init(|| load_corpus(80, true))
 }
 
 fn other(label: Label) -> Label {
@@ -1429,27 +1437,8 @@ fn classifying_while_training_sees_whole_messages() {
 #[test]
 #[ignore]
 fn training_rate() {
-    let dir = corpus_dir();
-    let index = std::fs::read_to_string(dir.join("index")).unwrap();
-    let tokenizer = Tokenizer::default();
     let start = std::time::Instant::now();
-    let mails: Vec<Mail> = index
-        .lines()
-        .take(600)
-        .map(|line| {
-            let (label, path) = line.split_once(' ').unwrap();
-            let raw = std::fs::read(dir.join(path)).unwrap();
-            Mail {
-                label: if label == "spam" {
-                    Label::Spam
-                } else {
-                    Label::Ham
-                },
-                features: tokenizer.tokenize(&raw),
-                raw,
-            }
-        })
-        .collect();
+    let mails: Vec<Mail> = load_corpus(600, false);
     let tokenize = mails.len() as f64 / start.elapsed().as_secs_f64();
     let c = Classifier::default();
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
