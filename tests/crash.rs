@@ -56,7 +56,11 @@ fn sigkill_loses_nothing_acknowledged_and_duplicates_nothing() {
     eprintln!("crash test seed {seed} (set CRASH_SEED to replay)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let env = Env::no_filter("");
-    let rounds = 6;
+    // The test suite runs a short version; benches/crash-rounds runs 100 rounds.
+    let rounds: usize = std::env::var("CRASH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
     let mut all_acked: Vec<String> = Vec::new();
 
     for round in 0..rounds {
