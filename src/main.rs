@@ -536,10 +536,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn config_check(file: &Path) -> anyhow::Result<ExitCode> {
     match Config::load(file) {
         Ok(config) => {
-            if let (Some(cert), Some(key)) = (&config.smtp.tls_cert, &config.smtp.tls_key) {
-                mailroom_smtp::load_tls(cert, key)
-                    .with_context(|| format!("{}: smtp.tls_cert / smtp.tls_key", file.display()))?;
-            }
+            // The same loading as `serve` (and a reload) does: TLS certificates and key file
+            // permissions included.
+            serve::smtp_config(&config).with_context(|| file.display().to_string())?;
+            serve::api_config(&config, std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+                .with_context(|| file.display().to_string())?;
             println!("{}: ok", file.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -75,7 +75,8 @@ pub fn load_starter_model(config: &Config, store: &Store) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The HTTP API's settings from the config (loads the TLS certificate when configured).
+/// The HTTP API's settings from the config (loads the TLS certificate when configured,
+/// refusing a key file that group or others may read).
 pub fn api_config(config: &Config, listen: std::net::SocketAddr) -> anyhow::Result<ApiConfig> {
     let h = &config.http;
     let nets = |key: &str, list: &[String]| -> anyhow::Result<Vec<ipnet::IpNet>> {
@@ -90,7 +91,7 @@ pub fn api_config(config: &Config, listen: std::net::SocketAddr) -> anyhow::Resu
         (Some(cert), Some(key)) => {
             // The API speaks HTTP/1.1 only: the SMTP loader offers no ALPN, which fits.
             Some(
-                mailroom_smtp::load_tls(cert, key)
+                mailroom_smtp::load_tls_checked(cert, key)
                     .context("loading http.tls_cert / http.tls_key")?,
             )
         }
@@ -120,12 +121,14 @@ pub fn redacted_config(config: &Config) -> serde_json::Value {
     v
 }
 
-/// The SMTP server's settings from the config (loads the TLS certificate when configured).
+/// The SMTP server's settings from the config (loads the TLS certificate when configured,
+/// refusing a key file that group or others may read).
 pub fn smtp_config(config: &Config) -> anyhow::Result<SmtpConfig> {
     let s = &config.smtp;
     let tls = match (&s.tls_cert, &s.tls_key) {
         (Some(cert), Some(key)) => Some(
-            mailroom_smtp::load_tls(cert, key).context("loading smtp.tls_cert / smtp.tls_key")?,
+            mailroom_smtp::load_tls_checked(cert, key)
+                .context("loading smtp.tls_cert / smtp.tls_key")?,
         ),
         _ => None,
     };

@@ -420,6 +420,11 @@ fn admin_sees_redacted_config_and_metrics_healthz_needs_no_token() {
     let key_path = dir.path().join("secret-key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    std::fs::set_permissions(
+        &key_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let env = Env::new(&format!(
         "tls_cert = {:?}\ntls_key = {:?}",
         cert_path.display().to_string(),

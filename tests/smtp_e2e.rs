@@ -501,6 +501,11 @@ fn lettre_client_and_starttls() {
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    std::fs::set_permissions(
+        &key_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let env = Env::no_filter(&format!(
         "tls_cert = {:?}\ntls_key = {:?}",
         cert_path.display().to_string(),

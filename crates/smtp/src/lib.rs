@@ -43,7 +43,10 @@ mod received;
 mod server;
 mod session;
 
-pub use config::{load_tls, ConfigError, SmtpConfig, TlsError, MIN_LINE_LENGTH};
+pub use config::{
+    check_key_permissions, load_tls, load_tls_checked, ConfigError, SmtpConfig, TlsError,
+    MIN_LINE_LENGTH, TLS_VERSIONS,
+};
 pub use server::run;
 pub use session::{Action, Delivery, Session};
 

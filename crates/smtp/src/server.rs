@@ -292,6 +292,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
     S: Spool,
 {
+    let mut deadline = tokio::time::Instant::now() + session.read_timeout();
     loop {
         let mut input = buf.data();
         let available = input.len();
@@ -332,10 +333,14 @@ where
                     session.shutting_down();
                     continue;
                 }
-                let timeout = session.read_timeout();
+                // A partial command line does not restart the idle timeout: the whole line
+                // must arrive within it (slowloris).
+                if !session.mid_command_line() {
+                    deadline = tokio::time::Instant::now() + session.read_timeout();
+                }
                 tokio::select! {
                     () = wait_state(state, closing_at) => session.shutting_down(),
-                    read = tokio::time::timeout(timeout, buf.read_from(io)) => match read {
+                    read = tokio::time::timeout_at(deadline, buf.read_from(io)) => match read {
                         Ok(Ok(0)) => {
                             debug!("client closed the connection");
                             return Outcome::Closed;

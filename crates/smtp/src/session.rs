@@ -214,6 +214,13 @@ impl Session {
         }
     }
 
+    /// Whether part of a command line has arrived but not its end. The driver then keeps the
+    /// idle timeout running from when it began waiting for that line, so a client trickling
+    /// one byte at a time (slowloris) cannot hold the session open forever.
+    pub fn mid_command_line(&self) -> bool {
+        matches!(self.phase, Phase::Command) && (!self.line.is_empty() || self.line_overflow)
+    }
+
     /// Whether a mail transaction is under way (from `MAIL` to the reply after its content).
     pub fn in_transaction(&self) -> bool {
         self.tx.is_some() || !matches!(self.phase, Phase::Command | Phase::Closed)
