@@ -346,6 +346,11 @@ impl Smtp {
         self.stream.write_all(bytes).expect("write");
     }
 
+    /// Write raw bytes, reporting I/O errors (a server that closed the connection).
+    pub fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
     /// Send one command line and read its reply.
     pub fn cmd(&mut self, line: &str) -> Reply {
         self.try_cmd(line).expect("command")
