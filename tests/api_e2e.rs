@@ -415,21 +415,8 @@ fn every_auth_case_gives_its_status_and_touches_nothing() {
 #[test]
 fn admin_sees_redacted_config_and_metrics_healthz_needs_no_token() {
     let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["mx.test".to_string()]).unwrap();
-    let cert_path = dir.path().join("cert.pem");
-    let key_path = dir.path().join("secret-key.pem");
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    std::fs::set_permissions(
-        &key_path,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    let env = Env::new(&format!(
-        "tls_cert = {:?}\ntls_key = {:?}",
-        cert_path.display().to_string(),
-        key_path.display().to_string()
-    ));
+    let (cert_path, key_path, _) = common::write_cert(dir.path(), 0o600);
+    let env = Env::new(&common::tls_lines(&cert_path, &key_path));
     let server = env.serve();
     let api = server.api();
     let (_, admin) = env.token("admin-1", "admin", None);
@@ -466,7 +453,7 @@ fn admin_sees_redacted_config_and_metrics_healthz_needs_no_token() {
     assert!(config["http"]["agent_networks"].is_array(), "{config}");
     assert!(config["filter"]["spam_cutoff"].is_number(), "{config}");
     assert!(
-        !r.text().contains("secret-key.pem"),
+        !r.text().contains("key.pem"),
         "the key's path leaks: {}",
         r.text()
     );

@@ -496,21 +496,8 @@ fn broken_mime_is_kept_and_garbage_goes_to_the_failed_list() {
 #[test]
 fn lettre_client_and_starttls() {
     let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["mx.test".to_string()]).unwrap();
-    let cert_path = dir.path().join("cert.pem");
-    let key_path = dir.path().join("key.pem");
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    std::fs::set_permissions(
-        &key_path,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    let env = Env::no_filter(&format!(
-        "tls_cert = {:?}\ntls_key = {:?}",
-        cert_path.display().to_string(),
-        key_path.display().to_string()
-    ));
+    let (cert_path, key_path, _) = common::write_cert(dir.path(), 0o600);
+    let env = Env::no_filter(&common::tls_lines(&cert_path, &key_path));
     let server = env.serve();
 
     let mut c = server.connect();

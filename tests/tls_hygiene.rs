@@ -7,37 +7,15 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{bin, Env};
-
-/// A self-signed certificate for `mx.test` and its key (mode `key_mode`) in `dir`.
-fn write_cert(
-    dir: &Path,
-    key_mode: u32,
-) -> (PathBuf, PathBuf, rcgen::CertifiedKey<rcgen::KeyPair>) {
-    let ck = rcgen::generate_simple_self_signed(vec!["mx.test".to_string()]).unwrap();
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    chmod(&key, key_mode);
-    (cert, key, ck)
-}
+use common::{bin, tls_lines, write_cert, Env};
 
 fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn tls_lines(cert: &Path, key: &Path) -> String {
-    format!(
-        "tls_cert = {:?}\ntls_key = {:?}",
-        cert.display().to_string(),
-        key.display().to_string()
-    )
 }
 
 /// Run `mailroom serve --config FILE`, which must exit by itself within 30 s.

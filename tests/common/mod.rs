@@ -643,3 +643,28 @@ pub fn parse_http_response(buf: &[u8]) -> HttpResponse {
         body,
     }
 }
+
+/// A self-signed certificate for `mx.test` in `dir` (`cert.pem`) and its key (`key.pem`, with
+/// file mode `key_mode`).
+pub fn write_cert(
+    dir: &Path,
+    key_mode: u32,
+) -> (PathBuf, PathBuf, rcgen::CertifiedKey<rcgen::KeyPair>) {
+    use std::os::unix::fs::PermissionsExt;
+    let ck = rcgen::generate_simple_self_signed(vec!["mx.test".to_string()]).unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(key_mode)).unwrap();
+    (cert, key, ck)
+}
+
+/// The `tls_cert` / `tls_key` config lines for these files.
+pub fn tls_lines(cert: &Path, key: &Path) -> String {
+    format!(
+        "tls_cert = {:?}\ntls_key = {:?}",
+        cert.display().to_string(),
+        key.display().to_string()
+    )
+}
