@@ -48,13 +48,6 @@ pub enum Request {
     },
     /// Store counts.
     Stats,
-    /// Train the filter on one message.
-    FilterTrain {
-        /// The raw message, base64.
-        raw_b64: String,
-        /// `ham` or `spam`.
-        label: Label,
-    },
     /// Train the filter on many messages with one flush at the end.
     FilterTrainBatch {
         /// (raw message in base64, label) pairs.
@@ -247,22 +240,6 @@ pub fn handle(store: &Store, settings: &Settings, request: Request) -> Result<Va
             None => Err(format!("no message {id}")),
         },
         Request::Stats => to_value(store.counts().map_err(err)?),
-        Request::FilterTrain { raw_b64, label } => {
-            let raw = decode(&raw_b64)?;
-            let filter = filter_of(settings);
-            let features = filter.tokenizer().tokenize(&raw);
-            let outcome = store
-                .filter_train(
-                    filter.classifier(),
-                    &features,
-                    &fingerprint(&raw),
-                    label,
-                    None,
-                    today(),
-                )
-                .map_err(err)?;
-            to_value(outcome)
-        }
         Request::FilterTrainBatch { items } => {
             let filter = filter_of(settings);
             let mut batch = Vec::with_capacity(items.len());
