@@ -1,7 +1,7 @@
 //! Typed, validated configuration for mailroom.
 //!
-//! The configuration is one TOML file with four optional sections, `[store]`, `[smtp]`,
-//! `[pipeline]` and `[log]`. Every key is optional and has a default (see
+//! The configuration is one TOML file with optional sections, `[store]`, `[smtp]`,
+//! `[pipeline]`, `[filter]`, `[http]`, `[log]` and `[retention]`. Every key is optional and has a default (see
 //! `mailroom.example.toml` at the repository root, which lists every key with its default
 //! value); unknown keys are errors, so a misspelt key never silently falls back to its
 //! default.
@@ -47,6 +47,43 @@ pub struct Config {
     pub http: HttpConfig,
     /// `[log]`: log verbosity and output format.
     pub log: LogConfig,
+    /// `[retention]`: how long each class of data is kept before the sweeper deletes it.
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]`: per-class retention, applied by the background sweeper and by
+/// `mailroom privacy retention`. A value of 0 days keeps that class for ever. (The spool's
+/// encryption keys have their own lifetime, `store.spool_key_lifetime_hours`.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// `retention.quarantine_days`: quarantined messages older than this are deleted (default
+    /// 30, 0 to 36500; 0 keeps them).
+    pub quarantine_days: u32,
+    /// `retention.closed_ticket_days`: tickets closed for longer than this are deleted with
+    /// their messages and attachments (default 365, 0 to 36500; 0 keeps them).
+    pub closed_ticket_days: u32,
+    /// `retention.attachment_days`: attachments older than this are deleted; the messages they
+    /// came with stay, marked (default 0 = kept as long as their message, 0 to 36500).
+    pub attachment_days: u32,
+    /// `retention.audit_days`: audit records older than this are deleted (default 730, 0 to
+    /// 36500; 0 keeps them).
+    pub audit_days: u32,
+    /// `retention.sweep_minutes`: how often the running server applies these rules (default
+    /// 60, 1 to 10080).
+    pub sweep_minutes: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            quarantine_days: 30,
+            closed_ticket_days: 365,
+            attachment_days: 0,
+            audit_days: 730,
+            sweep_minutes: 60,
+        }
+    }
 }
 
 /// `[store]`: the data directory and the spool.

@@ -93,6 +93,28 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
         720,
     );
 
+    let retention = &config.retention;
+    c.range(
+        "retention.quarantine_days",
+        retention.quarantine_days,
+        0,
+        36_500,
+    );
+    c.range(
+        "retention.closed_ticket_days",
+        retention.closed_ticket_days,
+        0,
+        36_500,
+    );
+    c.range(
+        "retention.attachment_days",
+        retention.attachment_days,
+        0,
+        36_500,
+    );
+    c.range("retention.audit_days", retention.audit_days, 0, 36_500);
+    c.range("retention.sweep_minutes", retention.sweep_minutes, 1, 10_080);
+
     let smtp = &config.smtp;
     if smtp.listen.is_empty() {
         c.fail(
@@ -481,7 +503,7 @@ mod tests {
     #[test]
     fn serde_messages_are_reworded() {
         let (kind, text) = describe_serde_error(
-            "unknown field `smpt`, expected one of `store`, `smtp`, `pipeline`, `filter`, `http`, `log`",
+            "unknown field `smpt`, expected one of `store`, `smtp`, `pipeline`, `filter`, `http`, `log`, `retention`",
         );
         assert_eq!(kind, ErrorKind::UnknownKey);
         assert_eq!(text, "unknown key `smpt`; did you mean `smtp`?");

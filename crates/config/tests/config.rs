@@ -115,7 +115,7 @@ fn example_lists_every_key_of_every_section_with_a_comment() {
     all.http.tls_cert = Some("hc.pem".into());
     all.http.tls_key = Some("hk.pem".into());
     let table = toml::Table::try_from(&all).unwrap();
-    assert_eq!(table.len(), 6);
+    assert_eq!(table.len(), 7);
     let mut checked = 0;
     for (name, value) in &table {
         let body = section(EXAMPLE, name);
@@ -143,7 +143,7 @@ fn example_lists_every_key_of_every_section_with_a_comment() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 4 + 13 + 4 + 7 + 7 + 2);
+    assert_eq!(checked, 4 + 13 + 4 + 7 + 7 + 2 + 5);
 }
 
 #[test]
@@ -245,7 +245,7 @@ fn unknown_scalar_at_top_level_lists_the_sections() {
     assert_err(&e, ErrorKind::UnknownKey, 2, "colour");
     assert_eq!(
         e.message(),
-        "unknown key `colour` (known keys here: store, smtp, pipeline, filter, http, log)"
+        "unknown key `colour` (known keys here: store, smtp, pipeline, filter, http, log, retention)"
     );
 }
 
