@@ -32,7 +32,6 @@ use crate::records::{
     be, be2, decode, encode, frame, from_be, tree, unframe, AttachmentMeta, AttachmentSecret,
     MessageMeta, MessageSecret, QuarantineMeta, QuarantineSecret, TicketMeta, TicketSecret,
 };
-use crate::spool::UNREADABLE;
 use crate::{Result, Store, StoreError};
 
 /// What [`Store::message_feedback`] did besides training.
@@ -228,6 +227,7 @@ impl Store {
         classifier: &Classifier,
         day: u32,
     ) -> Result<FeedbackOutcome> {
+        let _gate = self.writing();
         let Some(loaded) = self.load_message(message.0)? else {
             return Err(StoreError::NotFound(format!("message {}", message.0)));
         };
@@ -431,6 +431,7 @@ impl Store {
     /// [`Store::message_feedback`], which releases too). `NotFound` if it is not in the
     /// quarantine.
     pub fn quarantine_release(&self, message: MessageKey) -> Result<Release> {
+        let _gate = self.writing();
         self.release(message.0, None)
     }
 
@@ -537,6 +538,8 @@ impl Store {
                                     attachments: u64::from(meta.attachments),
                                     flagged: !meta.flags.is_empty(),
                                     unsure: unsure(&meta),
+                                    closed_at: None,
+                                    closed_by: None,
                                 };
                                 tickets.insert(&be(tk), frame(&tm, &sealed).map_err(fail)?)?;
                                 participants.insert(&be2(tk, contact), &[][..])?;
@@ -581,6 +584,7 @@ impl Store {
     /// attachment records and references, and every blob no other attachment uses. `false` if
     /// it is not in the quarantine. (What the filter learned from it stays learned.)
     pub fn quarantine_delete(&self, message: MessageKey) -> Result<bool> {
+        let _gate = self.writing();
         let t = &self.inner.t;
         let id = message.0;
         if !t.quarantine.contains_key(be(id))? {
@@ -699,7 +703,7 @@ impl Store {
         for item in iter.rev() {
             let (key, value) = item?;
             let id = from_be(&key)?;
-            let (meta, sealed): (TicketMeta, _) = unframe(&value)?;
+            let (meta, _): (TicketMeta, _) = unframe(&value)?;
             if query.status.is_some_and(|s| s != meta.status)
                 || requester.is_some_and(|r| r != meta.requester)
                 || query.flagged.is_some_and(|f| f != meta.flagged)
@@ -711,22 +715,7 @@ impl Store {
                 next = tickets.last().map(|s: &TicketSummary| TicketId(s.id));
                 break;
             }
-            let subject =
-                readable(self.open_secret::<TicketSecret>(sealed, tree::TICKETS, &be(id)))?
-                    .map(|s| s.subject)
-                    .unwrap_or_else(|| UNREADABLE.to_string());
-            tickets.push(TicketSummary {
-                id,
-                subject,
-                requester: self.contact_address(meta.requester, &mut cache)?,
-                messages: meta.messages.len(),
-                attachments: meta.attachments as usize,
-                status: meta.status,
-                created_at: meta.created_at,
-                updated_at: meta.updated_at,
-                flagged: meta.flagged,
-                unsure: meta.unsure,
-            });
+            tickets.push(self.summary(id, &value, &mut cache)?.0);
         }
         Ok(TicketPage { tickets, next })
     }

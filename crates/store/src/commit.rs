@@ -398,6 +398,8 @@ impl Store {
                             attachments: p.attachments.len() as u64,
                             flagged: p.flagged,
                             unsure: p.unsure,
+                            closed_at: None,
+                            closed_by: None,
                         };
                         tickets.insert(&be(id), frame(&record, &sealed).map_err(fail)?)?;
                         (Some(id), true)
@@ -410,6 +412,13 @@ impl Store {
                             unframe(&value).map_err(fail)?;
                         record.messages.push(p.message);
                         record.updated_at = record.updated_at.max(p.received_at);
+                        // A new message on a closed ticket reopens it (as help desks do), unless
+                        // it is automatic mail (an auto-reply to our closing note).
+                        if record.status == TicketStatus::Closed && !automatic(&p.message_meta.flags)
+                        {
+                            record.status = TicketStatus::Open;
+                            record.closed_at = None;
+                        }
                         record.attachments += p.attachments.len() as u64;
                         record.flagged |= p.flagged;
                         record.unsure |= p.unsure;

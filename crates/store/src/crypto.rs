@@ -23,6 +23,7 @@ pub(crate) type KeyBytes = [u8; KEY_LEN];
 const VERSION: u8 = 1;
 const KIND_PERSON: u8 = 1;
 const KIND_SPOOL: u8 = 2;
+const KIND_AGENT: u8 = 3;
 const BOUND_LEN: usize = 1 + 1 + 8;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
@@ -36,6 +37,8 @@ pub(crate) enum KeyRef {
     Person(u64),
     /// A spool key (`keys/spool/<epoch ms>.key`).
     Spool(u64),
+    /// An agent's key (`keys/agent/<agent id>.key`), for the agent's name.
+    Agent(u64),
 }
 
 impl std::fmt::Display for KeyRef {
@@ -43,6 +46,7 @@ impl std::fmt::Display for KeyRef {
         match self {
             KeyRef::Person(id) => write!(f, "person/{id}"),
             KeyRef::Spool(id) => write!(f, "spool/{id}"),
+            KeyRef::Agent(id) => write!(f, "agent/{id}"),
         }
     }
 }
@@ -69,6 +73,7 @@ pub(crate) fn seal_into(
     let (kind, id) = match key_ref {
         KeyRef::Person(id) => (KIND_PERSON, id),
         KeyRef::Spool(id) => (KIND_SPOOL, id),
+        KeyRef::Agent(id) => (KIND_AGENT, id),
     };
     let mut nonce = [0u8; NONCE_LEN];
     rand::rng().fill_bytes(&mut nonce);
@@ -125,6 +130,7 @@ pub(crate) fn key_ref(sealed: &[u8]) -> Result<KeyRef> {
     match sealed[1] {
         KIND_PERSON => Ok(KeyRef::Person(id)),
         KIND_SPOOL => Ok(KeyRef::Spool(id)),
+        KIND_AGENT => Ok(KeyRef::Agent(id)),
         other => Err(StoreError::Corrupt(format!("unknown key kind {other}"))),
     }
 }

@@ -1439,6 +1439,7 @@ impl Store {
         owner: Option<ContactId>,
         day: u32,
     ) -> Result<TrainOutcome> {
+        let _gate = self.writing();
         let _train = self.train_lock();
         let (outcome, compact) =
             self.train_locked(classifier, features, fingerprint, label, owner, day)?;
@@ -1462,6 +1463,7 @@ impl Store {
         items: &[(Features, [u8; 32], Label, Option<ContactId>)],
         day: u32,
     ) -> Result<Vec<TrainOutcome>> {
+        let _gate = self.writing();
         let _train = self.train_lock();
         let mut outcomes = Vec::with_capacity(items.len());
         let mut pending = false;
@@ -1550,6 +1552,7 @@ impl Store {
         features: &Features,
         fingerprint: &[u8; 32],
     ) -> Result<bool> {
+        let _gate = self.writing();
         let _train = self.train_lock();
         let key = self.learned_key(fingerprint);
         let model = self.model_read();
@@ -1605,6 +1608,7 @@ impl Store {
     /// Write a snapshot of the model now and drop the journal it replaces (training does this
     /// by itself when the journal grows past 4 MiB or 131,072 changed tokens).
     pub fn filter_compact(&self) -> Result<()> {
+        let _gate = self.writing();
         let _train = self.train_lock();
         self.compact_locked()
     }
@@ -1616,6 +1620,7 @@ impl Store {
     /// held (they stay the sums over the records); message counts and the LR bias stay. The
     /// result is written as a new snapshot (one switch: all or nothing).
     pub fn filter_expire(&self, before_day: u32, max_count: u32) -> Result<u64> {
+        let _gate = self.writing();
         let _train = self.train_lock();
         let model = self.model_read();
         let state = model.state;
@@ -1689,6 +1694,7 @@ impl Store {
     /// Learned-message records are dropped (they describe the replaced model). A file that is
     /// not a valid model gives [`StoreError::InvalidModel`] and changes nothing.
     pub fn filter_import(&self, input: &mut dyn Read) -> Result<u64> {
+        let _gate = self.writing();
         let _train = self.train_lock();
         let state = self.model_read().state;
         let seq = state.last_seq + 1;

@@ -138,7 +138,9 @@ struct SpoolKeys {
 
 /// All keys of one store.
 pub(crate) struct Keyring {
+    keys_dir: PathBuf,
     person_dir: PathBuf,
+    agent_dir: PathBuf,
     spool_dir: PathBuf,
     index: KeyBytes,
     person: Mutex<HashMap<u64, Arc<KeyBytes>>>,
@@ -162,7 +164,8 @@ impl Keyring {
     pub(crate) fn open(keys_dir: &Path, index: IndexKey, spool_lifetime_secs: u64) -> Result<Self> {
         let person_dir = keys_dir.join("person");
         let spool_dir = keys_dir.join("spool");
-        for dir in [keys_dir, &person_dir, &spool_dir] {
+        let agent_dir = keys_dir.join("agent");
+        for dir in [keys_dir, &person_dir, &spool_dir, &agent_dir] {
             create_private_dir(dir)?;
             remove_tmp_files(dir)?;
         }
@@ -191,7 +194,9 @@ impl Keyring {
             }
         }
         Ok(Keyring {
+            keys_dir: keys_dir.to_path_buf(),
             person_dir,
+            agent_dir,
             spool_dir,
             index,
             person: Mutex::new(HashMap::new()),
@@ -273,6 +278,102 @@ impl Keyring {
                 let mut spool = self.spool.lock().unwrap_or_else(|e| e.into_inner());
                 self.spool_key_locked(&mut spool, id)
             }
+            KeyRef::Agent(id) => Ok(Arc::new(
+                read_key_file(&self.agent_dir.join(format!("{id}.key")))?
+                    .ok_or_else(|| StoreError::KeyMissing(key_ref.to_string()))?,
+            )),
+        }
+    }
+
+    /// Make a new key for agent `id`, durably.
+    pub(crate) fn create_agent_key(&self, id: u64) -> Result<Arc<KeyBytes>> {
+        let key = random_key()?;
+        write_key_file(&self.agent_dir, &format!("{id}.key"), &key)?;
+        Ok(Arc::new(key))
+    }
+
+    /// Delete the key file of agent `id` (a deleted agent); nothing if it is gone already.
+    pub(crate) fn destroy_agent_key(&self, id: u64) -> Result<()> {
+        let path = self.agent_dir.join(format!("{id}.key"));
+        match fs::remove_file(&path) {
+            Ok(()) => fsync_dir(&self.agent_dir),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path, e)),
+        }
+    }
+
+    /// Whether the key file of person `id` exists.
+    pub(crate) fn person_key_exists(&self, id: u64) -> bool {
+        self.person_path(id).exists()
+    }
+
+    /// Ids of the spool key files on disk, oldest first.
+    pub(crate) fn spool_key_ids(&self) -> Vec<u64> {
+        let spool = self.spool.lock().unwrap_or_else(|e| e.into_inner());
+        spool.on_disk.iter().copied().collect()
+    }
+
+    /// Make a new spool key now (whatever the age of the newest) and return it; the older
+    /// ones stay until [`Keyring::destroy_spool_keys`].
+    pub(crate) fn rotate_spool_key(&self) -> Result<(KeyRef, Arc<KeyBytes>)> {
+        let mut spool = self.spool.lock().unwrap_or_else(|e| e.into_inner());
+        let newest = spool.on_disk.iter().next_back().copied();
+        let now = now_ms();
+        let id = match newest {
+            Some(last) => now.max(last + 1),
+            None => now,
+        };
+        let key = random_key()?;
+        write_key_file(&self.spool_dir, &format!("{id}.key"), &key)?;
+        let key = Arc::new(key);
+        spool.on_disk.insert(id);
+        spool.loaded.insert(id, key.clone());
+        Ok((KeyRef::Spool(id), key))
+    }
+
+    /// Delete the spool key files `ids` (the caller made sure nothing durable uses them).
+    pub(crate) fn destroy_spool_keys(&self, ids: &[u64]) -> Result<()> {
+        let mut spool = self.spool.lock().unwrap_or_else(|e| e.into_inner());
+        for &id in ids {
+            let path = self.spool_dir.join(format!("{id}.key"));
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path, e)),
+            }
+            spool.on_disk.remove(&id);
+            spool.loaded.remove(&id);
+        }
+        fsync_dir(&self.spool_dir)
+    }
+
+    /// Append `line` to the destruction ledger `keys/ledger` (ids only, no personal data),
+    /// durably. The ledger lives beside the keys, outside the database and its backups, so that
+    /// a restore of an older backup re-applies every erasure, agent deletion and token
+    /// revocation made since.
+    pub(crate) fn ledger_append(&self, line: &str) -> Result<()> {
+        let path = self.keys_dir.join("ledger");
+        let mut options = OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&path).map_err(|e| io_err(&path, e))?;
+        file.write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| io_err(&path, e))?;
+        fsync_dir(&self.keys_dir)
+    }
+
+    /// The lines of the destruction ledger (empty if there is none).
+    pub(crate) fn ledger(&self) -> Result<Vec<String>> {
+        let path = self.keys_dir.join("ledger");
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(text.lines().map(str::to_owned).collect()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io_err(&path, e)),
         }
     }
 

@@ -20,12 +20,15 @@
 #![warn(missing_docs)]
 
 mod agent_ops;
+mod audit;
+mod backup;
 mod commit;
 mod crypto;
 pub mod filter;
 mod flusher;
 mod keys;
 pub mod model;
+mod privacy;
 mod read;
 mod records;
 mod spool;
@@ -34,6 +37,11 @@ mod tokens;
 pub use agent_ops::{
     AttachmentDownload, FeedbackAction, FeedbackOutcome, QuarantineEntry, QuarantinePage, Release,
     TicketPage, TicketQuery,
+};
+pub use audit::{Actor, AgentDeletion, AuditAction, AuditEntry};
+pub use backup::{BackupReport, RestoreReport};
+pub use privacy::{
+    write_export_archive, ErasureReport, PersonExport, RetentionReport, RetentionRules,
 };
 pub use filter::{write_model, FilterStats, TokenView, TrainOutcome};
 pub use tokens::{validate_token_name, Role, TokenError, TokenInfo, TOKEN_LEN, TOKEN_PREFIX};
@@ -145,6 +153,9 @@ struct Trees {
     filter_snapshot: sled::Tree,
     learned: sled::Tree,
     quarantine: sled::Tree,
+    audit: sled::Tree,
+    agents: sled::Tree,
+    agent_idx: sled::Tree,
 }
 
 struct Inner {
@@ -160,6 +171,9 @@ struct Inner {
     options: StoreOptions,
     spool_count: AtomicUsize,
     notify: Arc<tokio::sync::Notify>,
+    /// Held shared (recursively) by every method that writes, and exclusively by erasure,
+    /// retention and backup, which so see and leave one consistent state.
+    gate: parking_lot::RwLock<()>,
     _lock: File,
 }
 
@@ -249,6 +263,9 @@ impl Store {
             filter_snapshot: db.open_tree(tree::FILTER_SNAPSHOT)?,
             learned: db.open_tree(tree::LEARNED)?,
             quarantine: db.open_tree(tree::QUARANTINE)?,
+            audit: db.open_tree(tree::AUDIT)?,
+            agents: db.open_tree(tree::AGENTS)?,
+            agent_idx: db.open_tree(tree::AGENT_IDX)?,
         };
         let filter = filter::FilterState::open(&t)?;
         let initialised = t.meta.contains_key(meta_key::INDEX_KEY)?;
@@ -276,10 +293,12 @@ impl Store {
                 options,
                 spool_count,
                 notify,
+                gate: parking_lot::RwLock::new(()),
                 _lock: lock,
             }),
         };
         store.sweep_spool_keys()?;
+        store.resume_erasures()?;
         Ok(store)
     }
 
@@ -370,11 +389,13 @@ impl Store {
     /// remove spool entry `spool_id`. If that entry is already gone, write nothing and return
     /// [`CommitOutcome::AlreadyProcessed`].
     pub fn commit_message(&self, spool_id: SpoolId, delivery: Delivery) -> Result<CommitOutcome> {
+        let _gate = self.writing();
         self.commit(spool_id, &delivery)
     }
 
     /// Move spool entry `spool_id` to the failed list with `reason` (one transaction).
     pub fn fail_spool_entry(&self, spool_id: SpoolId, reason: &str) -> Result<Option<FailedId>> {
+        let _gate = self.writing();
         self.fail_entry(spool_id, reason)
     }
 
@@ -385,6 +406,7 @@ impl Store {
 
     /// Put a failed entry back in the spool for another try; returns its new spool id.
     pub fn failed_retry(&self, id: FailedId) -> Result<SpoolId> {
+        let _gate = self.writing();
         self.retry_failed(id)
     }
 
@@ -445,6 +467,7 @@ impl Store {
     /// entry; returns how many were destroyed. Runs at open and whenever a new spool key is
     /// made; a periodic sweeper may call it too.
     pub fn sweep_spool_keys(&self) -> Result<usize> {
+        let _gate = self.writing();
         self.inner.keys.sweep_spool_keys(
             || self.spool_keys_in_use(),
             || self.inner.flusher.durable_blocking(false),

@@ -240,6 +240,12 @@ pub struct TicketSummary {
     /// Whether the spam filter was unsure about any message on it.
     #[serde(default)]
     pub unsure: bool,
+    /// When it was closed, Unix seconds (`None` while open).
+    #[serde(default)]
+    pub closed_at: Option<u64>,
+    /// The agent who closed it: their name, or `agent-N` once that agent was deleted.
+    #[serde(default)]
+    pub closed_by: Option<String>,
 }
 
 /// The tags an attachment carries so that erasure and retention can find it.

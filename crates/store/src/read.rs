@@ -57,7 +57,7 @@ impl Store {
         Ok(address)
     }
 
-    fn summary(
+    pub(crate) fn summary(
         &self,
         id: u64,
         value: &[u8],
@@ -78,6 +78,11 @@ impl Store {
             updated_at: meta.updated_at,
             flagged: meta.flagged,
             unsure: meta.unsure,
+            closed_at: meta.closed_at,
+            closed_by: match meta.closed_by {
+                Some(agent) => Some(self.agent_name(agent)?),
+                None => None,
+            },
         };
         Ok((summary, meta))
     }

@@ -32,6 +32,9 @@ pub(crate) mod tree {
     pub(crate) const FILTER_SNAPSHOT: &str = "filter_snapshot";
     pub(crate) const LEARNED: &str = "learned";
     pub(crate) const QUARANTINE: &str = "quarantine";
+    pub(crate) const AUDIT: &str = "audit";
+    pub(crate) const AGENTS: &str = "agents";
+    pub(crate) const AGENT_IDX: &str = "agent_idx";
 }
 
 /// Keys in the `meta` tree.
@@ -40,6 +43,12 @@ pub(crate) mod meta_key {
     pub(crate) const NEXT_TICKET: &[u8] = b"next_ticket";
     /// Present once the index key was made for this database.
     pub(crate) const INDEX_KEY: &[u8] = b"index_key";
+    /// Prefix of an erasure in progress: `erasing/<contact id, u64 big endian>`.
+    pub(crate) const ERASING: &[u8] = b"erasing/";
+    /// The next audit record id (u64 big endian); absent means 1.
+    pub(crate) const NEXT_AUDIT: &[u8] = b"next_audit";
+    /// The next agent id (u64 big endian); absent means 1.
+    pub(crate) const NEXT_AGENT: &[u8] = b"next_agent";
 }
 
 /// Frame `meta` with `tail`.
@@ -163,6 +172,10 @@ pub(crate) struct TicketMeta {
     pub flagged: bool,
     /// Whether the spam filter was unsure about any message.
     pub unsure: bool,
+    /// When it was last closed, Unix seconds (`None` while open).
+    pub closed_at: Option<u64>,
+    /// The agent who closed it (an id in `agents`; the name goes when the agent is deleted).
+    pub closed_by: Option<u64>,
 }
 
 /// The personal part of a ticket.

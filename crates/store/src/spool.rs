@@ -33,7 +33,7 @@ impl Store {
     /// Seal a spool payload (`frame(envelope, raw)`) for spool id `id` under the current spool
     /// key, framed with its metadata. The caller holds the key gate. The flag says whether a
     /// new spool key was made (the caller sweeps old ones once it has released the gate).
-    fn seal_spool_value(
+    pub(crate) fn seal_spool_value(
         &self,
         id: u64,
         envelope: &Envelope,
@@ -63,6 +63,7 @@ impl Store {
 
     /// Reserve a place, encrypt and insert a spool entry (not yet durable).
     pub(crate) fn spool_insert(&self, envelope: &Envelope, raw: &[u8]) -> Result<SpoolId> {
+        let _gate = self.writing();
         let max = self.inner.options.spool_max_entries;
         self.inner
             .spool_count
@@ -93,7 +94,7 @@ impl Store {
 
     /// Sweep old spool keys after a rotation; a failure is logged, not returned (the write
     /// that rotated succeeded, and the next sweep tries again).
-    fn sweep_after_rotation(&self) {
+    pub(crate) fn sweep_after_rotation(&self) {
         if let Err(e) = self.sweep_spool_keys() {
             tracing::warn!(error = %e, "spool key sweep failed");
         }
@@ -101,6 +102,7 @@ impl Store {
 
     /// Take back an entry whose append failed (it was not acknowledged). Best effort.
     pub(crate) fn spool_unwind(&self, id: SpoolId) {
+        let _gate = self.writing();
         match self.inner.t.spool.remove(be(id.0)) {
             Ok(Some(_)) => {
                 self.inner.spool_count.fetch_sub(1, Ordering::SeqCst);

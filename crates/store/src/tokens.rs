@@ -87,8 +87,10 @@ impl std::str::FromStr for Role {
 pub struct TokenInfo {
     /// Its id (for `token revoke`).
     pub id: u64,
-    /// The admin's label for it.
+    /// The agent it belongs to (its name, or `agent-N` once the agent was deleted).
     pub name: String,
+    /// The agent's id.
+    pub agent: u64,
     /// What it may do.
     pub role: Role,
     /// Unix seconds.
@@ -135,7 +137,8 @@ pub fn validate_token_name(name: &str) -> std::result::Result<(), &'static str> 
 /// `api_tokens` record.
 #[derive(Debug, Serialize, Deserialize)]
 struct TokenMeta {
-    name: String,
+    /// The agent (see `audit`): the name is kept there, sealed, not here.
+    agent: u64,
     role: Role,
     created_at: u64,
     expires_at: Option<u64>,
@@ -145,10 +148,11 @@ struct TokenMeta {
 }
 
 impl TokenMeta {
-    fn info(self, id: u64) -> TokenInfo {
+    fn info(self, id: u64, name: String) -> TokenInfo {
         TokenInfo {
             id,
-            name: self.name,
+            name,
+            agent: self.agent,
             role: self.role,
             created_at: self.created_at,
             expires_at: self.expires_at,
@@ -212,8 +216,10 @@ impl Store {
         let secret = format!("{TOKEN_PREFIX}{}", base64url(&random));
         debug_assert!(well_formed(&secret));
         let lookup = self.token_lookup_key(&secret);
+        let _gate = self.writing();
+        let agent = self.agent_id(name)?;
         let meta = TokenMeta {
-            name: name.to_string(),
+            agent,
             role,
             created_at: now_secs(),
             expires_at,
@@ -240,7 +246,7 @@ impl Store {
             })
             .map_err(tx_error)?;
         self.inner.flusher.durable_blocking(false)?;
-        Ok((meta.info(id), secret))
+        Ok((meta.info(id, name.to_string()), secret))
     }
 
     /// Every token, oldest first (revoked and expired ones too).
@@ -250,7 +256,8 @@ impl Store {
         for item in tokens.iter() {
             let (key, value) = item?;
             let (meta, _): (TokenMeta, _) = unframe(&value)?;
-            out.push(meta.info(from_be(&key)?));
+            let name = self.agent_name(meta.agent)?;
+            out.push(meta.info(from_be(&key)?, name));
         }
         Ok(out)
     }
@@ -258,25 +265,38 @@ impl Store {
     /// Revoke token `id`: it stops working at once. `false` if there is no such token;
     /// revoking a revoked token again is `true` and changes nothing.
     pub fn token_revoke(&self, id: u64) -> Result<bool> {
+        let _gate = self.writing();
+        let found = self.token_mark_revoked(id)?
+            || self.token_trees()?.0.contains_key(be(id))?;
+        if found {
+            // So that a restore of an older backup cannot bring the token back.
+            self.inner.keys.ledger_append(&format!("token {id}"))?;
+        }
+        Ok(found)
+    }
+
+    /// Mark token `id` revoked (durably); whether it changed anything.
+    pub(crate) fn token_mark_revoked(&self, id: u64) -> Result<bool> {
         let (tokens, idx) = self.token_trees()?;
-        let found = (&tokens, &idx)
+        let changed = (&tokens, &idx)
             .transaction(|(tokens, idx)| {
                 let Some(value) = tokens.get(be(id))? else {
                     return Ok(false);
                 };
                 let (mut meta, _): (TokenMeta, _) = unframe(&value).map_err(abort)?;
-                if !meta.revoked {
-                    idx.remove(&meta.lookup)?;
-                    meta.revoked = true;
-                    tokens.insert(&be(id), frame(&meta, &[]).map_err(abort)?)?;
+                if meta.revoked {
+                    return Ok(false);
                 }
+                idx.remove(&meta.lookup)?;
+                meta.revoked = true;
+                tokens.insert(&be(id), frame(&meta, &[]).map_err(abort)?)?;
                 Ok(true)
             })
             .map_err(tx_error)?;
-        if found {
+        if changed {
             self.inner.flusher.durable_blocking(false)?;
         }
-        Ok(found)
+        Ok(changed)
     }
 
     /// The token whose secret is `secret`, if it exists and is neither revoked nor expired at
@@ -300,8 +320,11 @@ impl Store {
                 "token {id} is indexed under another key"
             )));
         }
-        let info = meta.info(id);
-        Ok(info.is_valid_at(now).then_some(info))
+        if meta.revoked || meta.expires_at.is_some_and(|at| now >= at) {
+            return Ok(None);
+        }
+        let name = self.agent_name(meta.agent)?;
+        Ok(Some(meta.info(id, name)))
     }
 }
 
