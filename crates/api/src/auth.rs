@@ -24,7 +24,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
-use mailroom_store::Role;
+use mailroom_store::{Actor, Role};
 
 use crate::error::ApiError;
 use crate::metrics::names;
@@ -35,8 +35,20 @@ use crate::AppState;
 pub struct Caller {
     /// The token's id.
     pub token_id: u64,
+    /// The id of the agent the token belongs to.
+    pub agent: u64,
     /// The token's role.
     pub role: Role,
+}
+
+impl Caller {
+    /// The caller as the store's audit log and tickets record it.
+    pub fn actor(&self) -> Actor {
+        Actor::Token {
+            token: self.token_id,
+            agent: self.agent,
+        }
+    }
 }
 
 /// Paths that need no token.
@@ -211,6 +223,7 @@ pub(crate) async fn authenticate(
     }
     req.extensions_mut().insert(Caller {
         token_id: info.id,
+        agent: info.agent,
         role: info.role,
     });
     next.run(req).await

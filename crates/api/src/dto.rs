@@ -1,10 +1,13 @@
 //! The API's wire types (JSON), with their OpenAPI schemas. They mirror the store's views
 //! but are the API's own, so that the wire format changes only on purpose.
 
+use std::collections::BTreeMap;
+
 use mailroom_store::{
-    AttachmentView, Classification as StoreClassification, FeedbackAction, FeedbackOutcome,
-    FilterStats as StoreFilterStats, MessageFlag, MessageView, QuarantineEntry as StoreEntry,
-    TicketDetail as StoreTicketDetail, TicketStatus as StoreStatus,
+    AgentDeletion, AttachmentView, AuditAction as StoreAuditAction, AuditEntry as StoreAuditEntry,
+    Classification as StoreClassification, ErasureReport as StoreErasureReport, FeedbackAction,
+    FeedbackOutcome, FilterStats as StoreFilterStats, MessageFlag, MessageView,
+    QuarantineEntry as StoreEntry, TicketDetail as StoreTicketDetail, TicketStatus as StoreStatus,
     TicketSummary as StoreTicketSummary, TrainOutcome, Verdict as StoreVerdict,
 };
 use serde::{Deserialize, Serialize};
@@ -61,6 +64,11 @@ pub struct TicketSummary {
     pub flagged: bool,
     /// Whether the spam filter was unsure about any message.
     pub unsure: bool,
+    /// When it was closed, Unix seconds; null while open.
+    pub closed_at: Option<u64>,
+    /// The agent who closed it (their name, or `agent-N` once that agent was deleted); null
+    /// while open, or when it was closed from the command line.
+    pub closed_by: Option<String>,
 }
 
 impl From<StoreTicketSummary> for TicketSummary {
@@ -76,6 +84,8 @@ impl From<StoreTicketSummary> for TicketSummary {
             updated_at: s.updated_at,
             flagged: s.flagged,
             unsure: s.unsure,
+            closed_at: s.closed_at,
+            closed_by: s.closed_by,
         }
     }
 }
@@ -506,4 +516,282 @@ pub struct PageParams {
     /// `next_cursor` of the previous page.
     #[param(pattern = "^[0-9]{1,19}$")]
     pub cursor: Option<String>,
+}
+
+/// Body of `PATCH /v1/tickets/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TicketUpdate {
+    /// The new status. Closing records when and by which agent; reopening clears both.
+    pub status: TicketStatus,
+}
+
+/// Longest email address accepted, in bytes (RFC 5321: 64 for the local part, 255 for the
+/// domain, and the `@`).
+pub const MAX_EMAIL_BYTES: usize = 320;
+
+/// The pattern an email field must match: one `@` with something on each side, no control
+/// characters. [`check_email`] checks it, and the byte length.
+pub const EMAIL_PATTERN: &str = "^[^@\\x00-\\x1f\\x7f-\\x9f]+@[^@\\x00-\\x1f\\x7f-\\x9f]+$";
+
+/// Check an email field: at most [`MAX_EMAIL_BYTES`] bytes, exactly one `@` with something on
+/// each side, no control characters. The error never repeats the address.
+pub fn check_email(email: &str) -> Result<(), &'static str> {
+    if email.len() > MAX_EMAIL_BYTES {
+        return Err("email must be at most 320 bytes");
+    }
+    if email.chars().any(char::is_control) {
+        return Err("email must not contain control characters");
+    }
+    match email.split_once('@') {
+        Some((local, domain))
+            if !local.is_empty() && !domain.is_empty() && !domain.contains('@') =>
+        {
+            Ok(())
+        }
+        _ => Err("email must contain exactly one @ with text on each side"),
+    }
+}
+
+/// Body of `POST /v1/privacy/erase`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EraseRequest {
+    /// The person's address (matched case-insensitively). Personal data: it is sent in the
+    /// body so that it stays out of access logs, and it is never logged.
+    #[schema(
+        max_length = 320,
+        pattern = "^[^@\\x00-\\x1f\\x7f-\\x9f]+@[^@\\x00-\\x1f\\x7f-\\x9f]+$",
+        example = "alice@example.com"
+    )]
+    pub email: String,
+    /// Only report what would be removed (default false: erase).
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Body of `POST /v1/privacy/export`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRequest {
+    /// The person's address (matched case-insensitively). Never logged.
+    #[schema(
+        max_length = 320,
+        pattern = "^[^@\\x00-\\x1f\\x7f-\\x9f]+@[^@\\x00-\\x1f\\x7f-\\x9f]+$",
+        example = "alice@example.com"
+    )]
+    pub email: String,
+}
+
+/// The body of `POST /v1/privacy/export`'s answer: a gzip-compressed tar archive (only for
+/// the OpenAPI document).
+#[derive(Debug, Clone, ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct ExportArchive(pub Vec<u8>);
+
+/// What an erasure removed (or, in a dry run, would remove). Counts and ids only.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErasureReport {
+    /// Nothing was changed.
+    pub dry_run: bool,
+    /// The address belongs to a contact.
+    pub found: bool,
+    /// Tickets the person opened (removed with all their messages).
+    pub tickets: Vec<u64>,
+    /// Other people's tickets the person wrote into (their messages taken out; a ticket left
+    /// empty is removed).
+    pub tickets_updated: Vec<u64>,
+    /// Messages removed.
+    pub messages: Vec<u64>,
+    /// Attachment records removed.
+    pub attachments: u64,
+    /// Stored attachment contents removed (a content also sent by someone else stays theirs).
+    pub blobs: u64,
+    /// Quarantine entries removed.
+    pub quarantined: u64,
+    /// Orphan entries removed.
+    pub orphans: u64,
+    /// Unprocessed spool entries from the person removed.
+    pub spool: u64,
+    /// Failed entries from the person removed.
+    pub failed: u64,
+    /// Learned-message records removed (the filter's token counts stay).
+    pub learned: u64,
+    /// Contact records removed (0 or 1).
+    pub contacts: u64,
+    /// The person's key was destroyed: every copy of their data, in backups too, is
+    /// unreadable.
+    pub key_destroyed: bool,
+    /// Spool keys destroyed after the other entries were re-sealed under a new one.
+    pub spool_keys_destroyed: u64,
+    /// The audit record written (null in a dry run).
+    pub audit_id: Option<u64>,
+}
+
+impl From<StoreErasureReport> for ErasureReport {
+    fn from(r: StoreErasureReport) -> Self {
+        ErasureReport {
+            dry_run: r.dry_run,
+            found: r.found,
+            tickets: r.tickets,
+            tickets_updated: r.tickets_updated,
+            messages: r.messages,
+            attachments: r.attachments,
+            blobs: r.blobs,
+            quarantined: r.quarantined,
+            orphans: r.orphans,
+            spool: r.spool,
+            failed: r.failed,
+            learned: r.learned,
+            contacts: r.contacts,
+            key_destroyed: r.key_destroyed,
+            spool_keys_destroyed: r.spool_keys_destroyed,
+            audit_id: r.audit_id,
+        }
+    }
+}
+
+/// What an audit record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditAction {
+    /// A person was erased.
+    Erase,
+    /// A person's data was exported.
+    Export,
+    /// Retention rules were applied.
+    Retention,
+    /// A backup was written.
+    Backup,
+    /// A backup was restored.
+    Restore,
+    /// An agent was deleted.
+    AgentDelete,
+}
+
+impl From<StoreAuditAction> for AuditAction {
+    fn from(a: StoreAuditAction) -> Self {
+        match a {
+            StoreAuditAction::Erase => AuditAction::Erase,
+            StoreAuditAction::Export => AuditAction::Export,
+            StoreAuditAction::Retention => AuditAction::Retention,
+            StoreAuditAction::Backup => AuditAction::Backup,
+            StoreAuditAction::Restore => AuditAction::Restore,
+            StoreAuditAction::AgentDelete => AuditAction::AgentDelete,
+        }
+    }
+}
+
+/// One audit record: ids and counts only, never an address, subject or content.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    /// Its id (increasing); pass as `before` to page.
+    pub id: u64,
+    /// Unix seconds.
+    pub at: u64,
+    /// What kind of action.
+    pub action: AuditAction,
+    /// Who: `cli` (an operator on the box), `system` (the retention sweeper) or `token` (an
+    /// API token).
+    pub actor: String,
+    /// The API token, when a token did it.
+    pub token: Option<u64>,
+    /// The token's agent: their name, or `agent-N` once that agent was deleted.
+    pub agent: Option<String>,
+    /// How many of each kind of record the action touched.
+    pub counts: BTreeMap<String, u64>,
+}
+
+impl From<StoreAuditEntry> for AuditEntry {
+    fn from(e: StoreAuditEntry) -> Self {
+        AuditEntry {
+            id: e.id,
+            at: e.at,
+            action: e.action.into(),
+            actor: e.actor,
+            token: e.token,
+            agent: e.agent,
+            counts: e.counts,
+        }
+    }
+}
+
+/// A page of the audit log, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditList {
+    /// The records.
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `before` to get the next page; null on the last page.
+    pub next: Option<u64>,
+}
+
+/// Query of `GET /v1/audit`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditParams {
+    /// Only records older than this id (the `next` of the previous page).
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
+    pub before: Option<u64>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+/// Result of `DELETE /v1/agents/{name}`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+pub struct AgentDeleted {
+    /// The agent's id: tickets they closed and audit records of what they did now show
+    /// `agent-N`.
+    pub agent: u64,
+    /// Tokens of theirs revoked now (those not revoked already).
+    pub tokens_revoked: u64,
+}
+
+impl From<AgentDeletion> for AgentDeleted {
+    fn from(d: AgentDeletion) -> Self {
+        AgentDeleted {
+            agent: d.agent,
+            tokens_revoked: d.tokens_revoked,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_checked_without_repeating_them() {
+        for ok in ["a@b", "Alice <alice@example.com>", "ü@example.de"] {
+            assert_eq!(check_email(ok), Ok(()), "{ok}");
+        }
+        let long = format!("{}@example.com", "x".repeat(309));
+        for bad in [
+            "",
+            "@",
+            "a@",
+            "@b",
+            "a@b@c",
+            "a\n@b",
+            "a@b\u{7f}",
+            "a\u{9f}@b",
+            &long,
+        ] {
+            let err = check_email(bad).unwrap_err();
+            assert!(bad.len() < 4 || !err.contains(bad), "{bad:?}");
+        }
+        assert_eq!(check_email(&long[1..]), Ok(()), "320 bytes");
+    }
+
+    #[test]
+    fn the_documented_pattern_is_the_checked_one() {
+        let doc: serde_json::Value =
+            serde_json::from_slice(&crate::openapi::document_json()).unwrap();
+        for schema in ["EraseRequest", "ExportRequest"] {
+            let email = &doc["components"]["schemas"][schema]["properties"]["email"];
+            assert_eq!(email["pattern"], EMAIL_PATTERN, "{schema}");
+            assert_eq!(email["maxLength"], MAX_EMAIL_BYTES, "{schema}");
+        }
+    }
 }

@@ -1,8 +1,10 @@
 //! JSON errors and the extractors that turn every rejection into one.
 //!
 //! Every failure is `{"error":{"code":"stable_code","message":"..."}}` with the status that
-//! fits: bad JSON, query or path is 400, a body of another type 415, a body too large 413. A
-//! 5xx means a fault of ours, never of the input.
+//! fits: bad JSON, query or path is 400 (as is a body that does not fit the route's type), a
+//! body of another type 415, a body too large 413; a body of the right shape whose value is
+//! refused (an email field that is not an address) 422. A 5xx means a fault of ours, never of
+//! the input.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};

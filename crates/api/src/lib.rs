@@ -6,6 +6,7 @@
 //! | `GET /openapi.json` | agent |
 //! | `GET /v1/tickets` (`status`, `requester`, `flagged`, `unsure`, `limit`, `cursor`) | agent |
 //! | `GET /v1/tickets/{id}` | agent |
+//! | `PATCH /v1/tickets/{id}` `{"status":"open"\|"closed"}` | agent |
 //! | `GET /v1/messages/{id}/raw` | agent |
 //! | `GET /v1/attachments/{contact}/{sha256}` | agent |
 //! | `POST /v1/messages/{id}/feedback` `{"label":"spam"\|"ham"}` | agent |
@@ -14,8 +15,13 @@
 //! | `GET /v1/filter/stats` | agent |
 //! | `GET /v1/config` | admin |
 //! | `GET /metrics` | admin |
+//! | `POST /v1/privacy/erase` `{"email":...,"dry_run":false}` | admin |
+//! | `POST /v1/privacy/export` `{"email":...}` (a `.tar.gz`) | admin |
+//! | `GET /v1/audit` (`before`, `limit`) | admin |
+//! | `DELETE /v1/agents/{name}` (an admin may delete their own agent: their token then stops working) | admin |
 //!
-//! Admins may do everything agents may. Who gets in is described in [`auth`]; errors in
+//! Addresses of people go in request bodies, never in URLs (`requester` of `GET /v1/tickets`
+//! excepted), and are never logged. Admins may do everything agents may. Who gets in is described in [`auth`]; errors in
 //! [`error`]; metric names in [`metrics::names`].
 //!
 //! Layers, outermost first: a trace span per request (method and route template only: never
@@ -42,7 +48,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use http_body_util::BodyExt;
 use ipnet::IpNet;
@@ -217,12 +223,19 @@ pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/v1/config", get(routes::config))
         .route("/metrics", get(routes::metrics_text))
+        .route("/v1/privacy/erase", post(routes::erase))
+        .route("/v1/privacy/export", post(routes::export))
+        .route("/v1/audit", get(routes::audit))
+        .route("/v1/agents/{name}", delete(routes::delete_agent))
         .route_layer(middleware::from_fn(auth::require_admin));
     Router::new()
         .route("/healthz", get(routes::healthz))
         .route("/openapi.json", get(routes::openapi_json))
         .route("/v1/tickets", get(routes::list_tickets))
-        .route("/v1/tickets/{id}", get(routes::get_ticket))
+        .route(
+            "/v1/tickets/{id}",
+            get(routes::get_ticket).patch(routes::update_ticket),
+        )
         .route("/v1/messages/{id}/raw", get(routes::message_raw))
         .route("/v1/messages/{id}/feedback", post(routes::feedback))
         .route(

@@ -41,6 +41,15 @@ pub mod names {
     pub const QUARANTINE_RELEASED: &str = "mailroom_quarantine_released_total";
     /// Counter: quarantined messages deleted through the API.
     pub const QUARANTINE_DELETED: &str = "mailroom_quarantine_deleted_total";
+    /// Counter, label `status` (`open`, `closed`): ticket status updates through the API.
+    pub const TICKET_STATUS_UPDATES: &str = "mailroom_ticket_status_updates_total";
+    /// Counter, labels `dry_run` and `found` (`true`, `false`): erasures requested through the
+    /// API.
+    pub const PRIVACY_ERASURES: &str = "mailroom_privacy_erasures_total";
+    /// Counter: personal data exports made through the API.
+    pub const PRIVACY_EXPORTS: &str = "mailroom_privacy_exports_total";
+    /// Counter: agents deleted through the API.
+    pub const AGENTS_DELETED: &str = "mailroom_agents_deleted_total";
     /// Counter, labels `method`, `route` (the route template, e.g. `/v1/tickets/{id}`, or
     /// `unmatched`) and `status`: API requests answered.
     pub const API_REQUESTS: &str = "mailroom_api_requests_total";
@@ -95,6 +104,19 @@ pub fn describe_metrics() {
         names::QUARANTINE_DELETED,
         "Quarantined messages deleted through the API"
     );
+    describe_counter!(
+        names::TICKET_STATUS_UPDATES,
+        "Ticket status updates through the API, by new status"
+    );
+    describe_counter!(
+        names::PRIVACY_ERASURES,
+        "Erasures requested through the API, by dry run and whether the address was a contact"
+    );
+    describe_counter!(
+        names::PRIVACY_EXPORTS,
+        "Personal data exports made through the API"
+    );
+    describe_counter!(names::AGENTS_DELETED, "Agents deleted through the API");
     describe_counter!(
         names::API_REQUESTS,
         "API requests by method, route and status"

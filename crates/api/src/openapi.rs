@@ -23,6 +23,7 @@ use crate::{dto, routes};
         routes::healthz,
         routes::list_tickets,
         routes::get_ticket,
+        routes::update_ticket,
         routes::message_raw,
         routes::attachment,
         routes::feedback,
@@ -33,6 +34,10 @@ use crate::{dto, routes};
         routes::filter_stats,
         routes::config,
         routes::metrics_text,
+        routes::erase,
+        routes::export,
+        routes::audit,
+        routes::delete_agent,
         routes::openapi_json,
     ),
     components(schemas(
@@ -58,6 +63,15 @@ use crate::{dto, routes};
         dto::ReleaseResponse,
         dto::FilterStats,
         dto::Health,
+        dto::TicketUpdate,
+        dto::EraseRequest,
+        dto::ExportRequest,
+        dto::ExportArchive,
+        dto::ErasureReport,
+        dto::AuditAction,
+        dto::AuditEntry,
+        dto::AuditList,
+        dto::AgentDeleted,
     )),
     modifiers(&Common),
     tags(
@@ -65,7 +79,9 @@ use crate::{dto, routes};
         (name = "messages", description = "Raw messages, attachments, feedback"),
         (name = "quarantine", description = "Messages the filter called spam"),
         (name = "filter", description = "The spam filter"),
-        (name = "admin", description = "Admin-only: configuration and metrics"),
+        (name = "privacy", description = "Admin-only: erasure, export and the audit log. \
+            Addresses go in request bodies, never in URLs, and are never logged"),
+        (name = "admin", description = "Admin-only: configuration, metrics, agents"),
         (name = "meta", description = "Health and this document"),
     )
 )]
@@ -86,7 +102,8 @@ impl Modify for Common {
             .description(
                 "Error: 400 bad input, 401 no valid token, 403 network or role not allowed, \
                  404 not found, 405, 409 filter conflict, 410 erased, 413 body too large, \
-                 415 not JSON, 429 too many failed logins (Retry-After), 5xx server fault",
+                 415 not JSON, 422 a value refused (e.g. not an email address), \
+                 429 too many failed logins (Retry-After), 5xx server fault",
             )
             .content(
                 "application/json",
@@ -99,11 +116,12 @@ impl Modify for Common {
             .build();
         for (path, item) in openapi.paths.paths.iter_mut() {
             let public = path == "/healthz";
-            let ops: [&mut Option<Operation>; 4] = [
+            let ops: [&mut Option<Operation>; 5] = [
                 &mut item.get,
                 &mut item.post,
                 &mut item.delete,
                 &mut item.put,
+                &mut item.patch,
             ];
             for op in ops.into_iter().flatten() {
                 op.responses

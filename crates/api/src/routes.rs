@@ -5,18 +5,23 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use mailroom_pipeline::{Filter, Settings};
 use mailroom_spamfilter::Label;
 use mailroom_store::{
-    ContactId, FeedbackAction, MessageKey, Store, TicketId, TicketQuery, TicketStatus,
+    validate_token_name, ContactId, FeedbackAction, MessageKey, Store, TicketId, TicketQuery,
+    TicketStatus,
 };
 
+use crate::auth::Caller;
 use crate::dto::{
-    FeedbackLabel, FeedbackRequest, FeedbackResponse, FilterStats, Health, PageParams,
-    QuarantineEntry, QuarantineList, ReleaseResponse, TicketDetail, TicketList, TicketParams,
+    check_email, AgentDeleted, AuditList, AuditParams, EraseRequest, ErasureReport, ExportArchive,
+    ExportRequest, FeedbackLabel, FeedbackRequest, FeedbackResponse, FilterStats, Health,
+    PageParams, QuarantineEntry, QuarantineList, ReleaseResponse, TicketDetail, TicketList,
+    TicketParams, TicketSummary, TicketUpdate,
 };
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::metrics::names;
 use crate::AppState;
 
@@ -24,6 +29,10 @@ use crate::AppState;
 pub const DEFAULT_LIMIT: u32 = 50;
 /// Largest page size.
 pub const MAX_LIMIT: u32 = 500;
+/// Default page size of the audit log.
+pub const DEFAULT_AUDIT_LIMIT: u32 = 100;
+/// Largest page size of the audit log.
+pub const MAX_AUDIT_LIMIT: u32 = 1000;
 
 /// Run a blocking store call on the blocking pool.
 async fn blocking<T: Send + 'static>(
@@ -120,6 +129,35 @@ pub async fn get_ticket(
         Some(d) => Ok(Json(d.into())),
         None => Err(ApiError::not_found(format!("no ticket {id}"))),
     }
+}
+
+/// Open or close a ticket. Closing records when, and which agent (the token's); reopening
+/// clears both. Setting the status it already has changes nothing.
+#[utoipa::path(patch, path = "/v1/tickets/{id}", tag = "tickets",
+    params(("id" = u64, Path, description = "Ticket number")),
+    request_body = TicketUpdate,
+    responses((status = 200, description = "The ticket as it is now", body = TicketSummary)))]
+pub async fn update_ticket(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<u64>,
+    ApiJson(body): ApiJson<TicketUpdate>,
+) -> Result<Json<TicketSummary>, ApiError> {
+    let status = TicketStatus::from(body.status);
+    let actor = caller.actor();
+    let summary = blocking(&app.store, move |s| {
+        Ok(s.ticket_set_status(TicketId(id), status, actor)?)
+    })
+    .await?;
+    let Some(summary) = summary else {
+        return Err(ApiError::not_found(format!("no ticket {id}")));
+    };
+    let label = match status {
+        TicketStatus::Open => "open",
+        TicketStatus::Closed => "closed",
+    };
+    metrics::counter!(names::TICKET_STATUS_UPDATES, "status" => label).increment(1);
+    Ok(Json(summary.into()))
 }
 
 /// A message exactly as received (`.eml`).
@@ -410,6 +448,166 @@ pub async fn delete_quarantined(
 pub async fn filter_stats(State(app): State<AppState>) -> Result<Json<FilterStats>, ApiError> {
     let stats = blocking(&app.store, |s| Ok(s.filter_stats()?)).await?;
     Ok(Json(stats.into()))
+}
+
+/// 422 `invalid_email` for an email field that is not an address (the message never
+/// repeats it).
+fn email_field(email: &str) -> Result<(), ApiError> {
+    check_email(email)
+        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_email", m))
+}
+
+/// Erase a person (right to erasure): their contact, the tickets they opened with every
+/// message on them, their messages on other tickets, attachments, quarantine, orphan, spool
+/// and failed entries, learned-message records; then their key is destroyed, so copies in
+/// old database segments and in backups are unreadable too. Writes an audit record (counts
+/// only). With `dry_run`, only reports what would go. An address that is not a contact gives
+/// `found: false` (spool and failed entries from it are still removed). Admins only. The
+/// address goes in the body, never in the URL, and is never logged.
+#[utoipa::path(post, path = "/v1/privacy/erase", tag = "privacy",
+    request_body = EraseRequest,
+    responses((status = 200, description = "What was (or would be) removed: counts and ids",
+        body = ErasureReport)))]
+pub async fn erase(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<EraseRequest>,
+) -> Result<Json<ErasureReport>, ApiError> {
+    email_field(&body.email)?;
+    let actor = caller.actor();
+    let EraseRequest { email, dry_run } = body;
+    let report = blocking(&app.store, move |s| {
+        Ok(s.erase_person(&email, dry_run, actor)?)
+    })
+    .await?;
+    metrics::counter!(names::PRIVACY_ERASURES,
+        "dry_run" => if dry_run { "true" } else { "false" },
+        "found" => if report.found { "true" } else { "false" })
+    .increment(1);
+    Ok(Json(report.into()))
+}
+
+/// Export everything stored about a person (right of access) as a `.tar.gz`: `person.json`
+/// (contact, the tickets they opened, other tickets they wrote into), `messages/<id>.json` and
+/// `messages/<id>.eml` per message, `attachments/<sha256>/<name>` per attachment and
+/// `manifest.json`. Writes an audit record (counts only). Admins only; the address goes in the
+/// body and is never logged.
+#[utoipa::path(post, path = "/v1/privacy/export", tag = "privacy",
+    request_body = ExportRequest,
+    responses((status = 200, description = "The archive", content_type = "application/gzip",
+        body = ExportArchive,
+        headers(("Content-Disposition" = String,
+            description = "`attachment; filename=\"mailroom-export-<contact id>.tar.gz\"`"))),
+        (status = 404, description = "The address is not a contact (or was erased)",
+            body = ErrorBody)))]
+pub async fn export(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<ExportRequest>,
+) -> Result<Response, ApiError> {
+    email_field(&body.email)?;
+    let actor = caller.actor();
+    let email = body.email;
+    let archive = blocking(&app.store, move |s| {
+        let Some(export) = s.export_person(&email, actor)? else {
+            return Ok(None);
+        };
+        // An error's text may name a file of the archive (an attachment's name): log its kind.
+        let bytes = mailroom_store::write_export_archive(&export, Vec::new()).map_err(|e| {
+            tracing::error!(kind = ?e.kind(), "writing an export archive failed");
+            ApiError::internal()
+        })?;
+        Ok(Some((export.contact.id, bytes)))
+    })
+    .await?;
+    let Some((contact, bytes)) = archive else {
+        return Err(ApiError::not_found("this address is not a contact"));
+    };
+    metrics::counter!(names::PRIVACY_EXPORTS).increment(1);
+    let disposition = format!("attachment; filename=\"mailroom-export-{contact}.tar.gz\"");
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/gzip"),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                HeaderValue::try_from(disposition).map_err(|_| ApiError::internal())?,
+            ),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// The audit log, newest first: erasures, exports, retention runs, backups, restores and
+/// agent deletions, with who did them and counts (never an address). Admins only.
+#[utoipa::path(get, path = "/v1/audit", tag = "privacy", params(AuditParams),
+    responses((status = 200, description = "A page of the audit log", body = AuditList)))]
+pub async fn audit(
+    State(app): State<AppState>,
+    ApiQuery(q): ApiQuery<AuditParams>,
+) -> Result<Json<AuditList>, ApiError> {
+    let limit = match q.limit.unwrap_or(DEFAULT_AUDIT_LIMIT) {
+        l @ 1..=MAX_AUDIT_LIMIT => l as usize,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("limit must be between 1 and {MAX_AUDIT_LIMIT}"),
+            ))
+        }
+    };
+    // Ids are small, but the document says int64: keep to it.
+    let before = match q.before {
+        Some(b) if b > i64::MAX as u64 => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("before must be at most {}", i64::MAX),
+            ))
+        }
+        b => b,
+    };
+    let mut entries = blocking(&app.store, move |s| Ok(s.audit_list(before, limit + 1)?)).await?;
+    let next = if entries.len() > limit {
+        entries.truncate(limit);
+        entries.last().map(|e| e.id)
+    } else {
+        None
+    };
+    Ok(Json(AuditList {
+        entries: entries.into_iter().map(Into::into).collect(),
+        next,
+    }))
+}
+
+/// Delete an agent: revoke every token of theirs, remove their record and destroy their key,
+/// so tickets they closed and audit records of what they did show `agent-N` from then on.
+/// Admins only. An admin may delete their own agent: the response still arrives, and their
+/// token stops working right after it (401).
+#[utoipa::path(delete, path = "/v1/agents/{name}", tag = "admin",
+    params(("name" = String, Path, description = "The agent's name (the name its tokens were \
+        made with)", min_length = 1, max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$")),
+    responses((status = 200, description = "Deleted", body = AgentDeleted)))]
+pub async fn delete_agent(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<AgentDeleted>, ApiError> {
+    validate_token_name(&name)
+        .map_err(|m| ApiError::bad_request("invalid_path", format!("invalid agent name: {m}")))?;
+    let actor = caller.actor();
+    let deleted = blocking(&app.store, move |s| Ok(s.agent_delete(&name, actor)?)).await?;
+    let Some(deleted) = deleted else {
+        return Err(ApiError::not_found("no such agent"));
+    };
+    metrics::counter!(names::AGENTS_DELETED).increment(1);
+    Ok(Json(deleted.into()))
 }
 
 /// The configuration in force, secrets redacted. Admins only.

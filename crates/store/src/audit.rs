@@ -156,7 +156,7 @@ impl Store {
         let chosen = (&t.agents, &t.agent_idx)
             .transaction(|(agents, idx)| {
                 if let Some(existing) = idx.get(hash)? {
-                    return Ok(from_be(&existing).map_err(abort)?);
+                    return from_be(&existing).map_err(abort);
                 }
                 agents.insert(&be(id), value.as_slice())?;
                 idx.insert(&hash, &be(id))?;

@@ -298,9 +298,7 @@ impl Store {
                     }
                 }
                 "token" => {
-                    if self.token_mark_revoked(id)? {
-                        report.tokens_revoked += 1;
-                    }
+                    report.tokens_revoked += u64::from(self.token_mark_revoked(id)?);
                 }
                 _ => {}
             }
@@ -324,16 +322,15 @@ impl Store {
         for item in t.spool.iter() {
             let (k, v) = item?;
             let (_m, sealed): (SpoolMeta, _) = unframe(&v)?;
-            match self.open_sealed(sealed, tree::SPOOL, &k) {
-                Ok(_) => {}
-                Err(StoreError::KeyMissing(_)) => {
-                    t.spool.remove(k)?;
-                    self.inner
-                        .spool_count
-                        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                    report.spool_unreadable += 1;
-                }
-                Err(e) => return Err(e),
+            if let Err(e) = self.open_sealed(sealed, tree::SPOOL, &k) {
+                let StoreError::KeyMissing(_) = e else {
+                    return Err(e);
+                };
+                t.spool.remove(k)?;
+                self.inner
+                    .spool_count
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                report.spool_unreadable += 1;
             }
         }
         self.inner.flusher.durable_blocking(false)?;
