@@ -317,10 +317,18 @@ impl Keyring {
     /// ones stay until [`Keyring::destroy_spool_keys`].
     pub(crate) fn rotate_spool_key(&self) -> Result<(KeyRef, Arc<KeyBytes>)> {
         let mut spool = self.spool.lock().unwrap_or_else(|e| e.into_inner());
-        let newest = spool.on_disk.iter().next_back().copied();
-        let now = now_ms();
-        let id = match newest {
-            Some(last) => now.max(last + 1),
+        self.new_spool_key_locked(&mut spool, now_ms())
+    }
+
+    /// Make a spool key (durably) newer than every other one.
+    fn new_spool_key_locked(
+        &self,
+        spool: &mut SpoolKeys,
+        now: u64,
+    ) -> Result<(KeyRef, Arc<KeyBytes>)> {
+        // Ids are creation times in milliseconds, kept strictly increasing.
+        let id = match spool.on_disk.iter().next_back() {
+            Some(&last) => now.max(last + 1),
             None => now,
         };
         let key = random_key()?;
@@ -334,6 +342,10 @@ impl Keyring {
     /// Delete the spool key files `ids` (the caller made sure nothing durable uses them).
     pub(crate) fn destroy_spool_keys(&self, ids: &[u64]) -> Result<()> {
         let mut spool = self.spool.lock().unwrap_or_else(|e| e.into_inner());
+        self.destroy_spool_keys_locked(&mut spool, ids)
+    }
+
+    fn destroy_spool_keys_locked(&self, spool: &mut SpoolKeys, ids: &[u64]) -> Result<()> {
         for &id in ids {
             let path = self.spool_dir.join(format!("{id}.key"));
             match fs::remove_file(&path) {
@@ -400,17 +412,8 @@ impl Keyring {
                 return Ok((KeyRef::Spool(id), key, false));
             }
         }
-        // Ids are creation times in milliseconds, kept strictly increasing.
-        let id = match newest {
-            Some(last) => now.max(last + 1),
-            None => now,
-        };
-        let key = random_key()?;
-        write_key_file(&self.spool_dir, &format!("{id}.key"), &key)?;
-        let key = Arc::new(key);
-        spool.on_disk.insert(id);
-        spool.loaded.insert(id, key.clone());
-        Ok((KeyRef::Spool(id), key, true))
+        let (key_ref, key) = self.new_spool_key_locked(&mut spool, now)?;
+        Ok((key_ref, key, true))
     }
 
     /// Delete every spool key file that is past its lifetime and not in the set of keys in use
@@ -439,17 +442,7 @@ impl Keyring {
             return Ok(0);
         }
         persist()?;
-        for &id in &doomed {
-            let path = self.spool_dir.join(format!("{id}.key"));
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&path, e)),
-            }
-            spool.on_disk.remove(&id);
-            spool.loaded.remove(&id);
-        }
-        fsync_dir(&self.spool_dir)?;
+        self.destroy_spool_keys_locked(&mut spool, &doomed)?;
         Ok(doomed.len())
     }
 }
