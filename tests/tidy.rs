@@ -56,7 +56,7 @@ fn only_store_names_sled() {
         offenders.is_empty(),
         "sled named outside crates/store: {offenders:?}"
     );
-    for krate in ["config", "spool", "spamfilter", "pipeline", "smtp"] {
+    for krate in ["config", "spool", "spamfilter", "pipeline", "smtp", "imap"] {
         let deps = dependencies(&root().join(format!("crates/{krate}/Cargo.toml")));
         assert!(!deps.iter().any(|d| d == "sled"), "{krate} depends on sled");
     }
@@ -67,6 +67,13 @@ fn smtp_knows_nothing_of_tickets_or_storage() {
     let deps = dependencies(&root().join("crates/smtp/Cargo.toml"));
     let ours: Vec<_> = deps.iter().filter(|d| d.starts_with("mailroom-")).collect();
     assert_eq!(ours, vec!["mailroom-spool"], "smtp's mailroom dependencies");
+}
+
+#[test]
+fn imap_knows_nothing_of_tickets_or_storage() {
+    let deps = dependencies(&root().join("crates/imap/Cargo.toml"));
+    let ours: Vec<_> = deps.iter().filter(|d| d.starts_with("mailroom-")).collect();
+    assert_eq!(ours, vec!["mailroom-spool"], "imap's mailroom dependencies");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Typed, validated configuration for mailroom.
 //!
 //! The configuration is one TOML file with optional sections, `[store]`, `[smtp]`,
-//! `[pipeline]`, `[filter]`, `[http]`, `[log]` and `[retention]`. Every key is optional and has a default (see
+//! `[pipeline]`, `[filter]`, `[http]`, `[log]` and `[retention]`, and any number of
+//! `[[imap]]` accounts. Every key is optional and has a default (see
 //! `mailroom.example.toml` at the repository root, which lists every key with its default
 //! value); unknown keys are errors, so a misspelt key never silently falls back to its
 //! default.
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod imap;
 mod locate;
 mod validate;
 
@@ -30,6 +32,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, ErrorKind};
+pub use imap::{ImapAccount, ImapAfter, ImapTls, MAX_IMAP_ACCOUNTS};
 
 /// The whole mailroom configuration.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -49,6 +52,9 @@ pub struct Config {
     pub log: LogConfig,
     /// `[retention]`: how long each class of data is kept before the sweeper deletes it.
     pub retention: RetentionConfig,
+    /// `[[imap]]`: mailboxes to fetch mail from (default: none). See [`ImapAccount`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub imap: Vec<ImapAccount>,
 }
 
 /// `[retention]`: per-class retention, applied by the background sweeper and by

@@ -57,11 +57,20 @@ fn walk_value(
 ) {
     match value.get_ref() {
         DeValue::Table(table) => walk_table(table, pos, prefix, best),
-        // Arrays of tables: report the array's key, not an index.
+        // Arrays of tables: the element's index goes on the array's key (`imap[1].port`).
         DeValue::Array(items) => {
-            for item in items.iter() {
+            for (i, item) in items.iter().enumerate() {
                 if let DeValue::Table(table) = item.get_ref() {
+                    let key = prefix.pop().unwrap_or_default();
+                    prefix.push(format!("{key}[{i}]"));
+                    if contains(&item.span(), pos)
+                        && best.as_ref().is_none_or(|b| b.len() <= prefix.len())
+                    {
+                        *best = Some(prefix.clone());
+                    }
                     walk_table(table, pos, prefix, best);
+                    prefix.pop();
+                    prefix.push(key);
                 }
             }
         }
@@ -102,16 +111,26 @@ fn simple_key(text: &str) -> Option<String> {
     segments.iter().all(bare).then(|| segments.join("."))
 }
 
-/// The spanned value at dotted `path` (given as segments), if the document has it.
+/// The spanned value at dotted `path` (given as segments), if the document has it. A segment
+/// `name[i]` is element `i` of array `name`.
 pub(crate) fn value_at<'a, 'i>(
     root: &'a DeTable<'i>,
     path: &[&str],
 ) -> Option<&'a Spanned<DeValue<'i>>> {
     let (first, rest) = path.split_first()?;
+    let (first, index) = match first.strip_suffix(']').and_then(|f| f.split_once('[')) {
+        Some((name, i)) => (name, Some(i.parse::<usize>().ok()?)),
+        None => (*first, None),
+    };
     let value = root
         .iter()
-        .find(|(k, _)| k.get_ref().as_ref() == *first)
+        .find(|(k, _)| k.get_ref().as_ref() == first)
         .map(|(_, v)| v)?;
+    let value = match (index, value.get_ref()) {
+        (None, _) => value,
+        (Some(i), DeValue::Array(items)) => items.get(i)?,
+        (Some(_), _) => return None,
+    };
     if rest.is_empty() {
         return Some(value);
     }

@@ -12,8 +12,8 @@ use crate::{locate, Config, ErrorKind};
 /// One thing wrong with a config, found after it was deserialized.
 #[derive(Debug)]
 pub(crate) struct Problem {
-    /// Dotted key path, such as `smtp.max_message_size`.
-    pub(crate) key: &'static str,
+    /// Dotted key path, such as `smtp.max_message_size` or `imap[0].port`.
+    pub(crate) key: String,
     /// For array values, the element at fault.
     pub(crate) index: Option<usize>,
     pub(crate) message: String,
@@ -32,6 +32,12 @@ impl Problem {
             }
             return Some(value.span().start);
         }
+        // A key missing from an array-of-tables element (`imap[0].host`): the element.
+        if let Some(element) = path.len().checked_sub(1).filter(|&n| n > 0) {
+            if let Some(value) = locate::value_at(doc, &path[..element]) {
+                return Some(value.span().start);
+            }
+        }
         locate::key_span_at(doc, &path[..1]).map(|s| s.start)
     }
 }
@@ -43,7 +49,7 @@ struct Checker {
 impl Checker {
     fn fail(&mut self, key: &'static str, index: Option<usize>, message: String) {
         self.problems.push(Problem {
-            key,
+            key: key.to_owned(),
             index,
             message,
         });
@@ -113,7 +119,12 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
         36_500,
     );
     c.range("retention.audit_days", retention.audit_days, 0, 36_500);
-    c.range("retention.sweep_minutes", retention.sweep_minutes, 1, 10_080);
+    c.range(
+        "retention.sweep_minutes",
+        retention.sweep_minutes,
+        1,
+        10_080,
+    );
 
     let smtp = &config.smtp;
     if smtp.listen.is_empty() {
@@ -316,6 +327,8 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
     if let Some(path) = &filter.starter_model {
         c.path("filter.starter_model", path);
     }
+
+    c.problems.extend(crate::imap::check(&config.imap));
 
     // `log.level` and `log.format` are enums: serde already rejected anything else.
     c.problems

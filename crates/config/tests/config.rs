@@ -114,10 +114,16 @@ fn example_lists_every_key_of_every_section_with_a_comment() {
     all.filter.starter_model = Some("m.mrfm".into());
     all.http.tls_cert = Some("hc.pem".into());
     all.http.tls_key = Some("hk.pem".into());
+    all.imap = vec![every_imap_key()];
     let table = toml::Table::try_from(&all).unwrap();
-    assert_eq!(table.len(), 7);
+    assert_eq!(table.len(), 8);
     let mut checked = 0;
     for (name, value) in &table {
+        if name == "imap" {
+            // An array of tables, commented out in the example: see the imap test below.
+            assert!(value.is_array(), "imap is an array of tables");
+            continue;
+        }
         let body = section(EXAMPLE, name);
         let keys = value.as_table().expect("every top-level key is a section");
         for key in keys.keys() {
@@ -144,6 +150,75 @@ fn example_lists_every_key_of_every_section_with_a_comment() {
         }
     }
     assert_eq!(checked, 4 + 13 + 4 + 7 + 7 + 2 + 5);
+}
+
+/// An `[[imap]]` account with every optional key set, so that none is skipped when serialized.
+fn every_imap_key() -> mailroom_config::ImapAccount {
+    mailroom_config::ImapAccount {
+        name: "support".into(),
+        host: "imap.example.org".into(),
+        port: Some(993),
+        ca_file: Some("ca.pem".into()),
+        username: "support@example.org".into(),
+        password_env: Some("PW".into()),
+        password_file: Some("pw".into()),
+        xoauth2_token_file: Some("token".into()),
+        ..Default::default()
+    }
+}
+
+/// `# key = value`, as opposed to a comment.
+fn is_key_line(line: &str) -> bool {
+    line.strip_prefix("# ")
+        .and_then(|l| l.split_once(" = "))
+        .is_some_and(|(key, _)| {
+            !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        })
+}
+
+#[test]
+fn example_documents_every_imap_key_in_a_commented_out_account() {
+    let table = toml::Table::try_from(every_imap_key()).unwrap();
+    let lines: Vec<&str> = EXAMPLE
+        .lines()
+        .skip_while(|l| l.trim() != "# [[imap]]")
+        .collect();
+    assert!(!lines.is_empty(), "example has no commented-out [[imap]]");
+    let mut checked = 0;
+    for key in table.keys() {
+        let pos = lines
+            .iter()
+            .position(|l| {
+                l.strip_prefix("# ")
+                    .and_then(|l| l.strip_prefix(key.as_str()))
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            })
+            .unwrap_or_else(|| panic!("imap.{key} is missing from the example"));
+        // The key, or the run of keys it belongs to, is explained by a comment above.
+        let above = lines[..pos]
+            .iter()
+            .rev()
+            .find(|l| !is_key_line(l))
+            .unwrap_or_else(|| panic!("imap.{key} has no comment"));
+        assert!(
+            above.starts_with("# "),
+            "imap.{key} has no comment above it"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 12);
+    // Uncommented, the account parses (with one secret) and is what the example says.
+    let text: String = lines
+        .iter()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .filter(|l| !l.starts_with("password_file") && !l.starts_with("xoauth2_token_file"))
+        .filter(|l| is_key_line(&format!("# {l}")) || l.starts_with("[["))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let c = Config::parse(&text, "x").unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(c.imap.len(), 1);
+    assert_eq!(c.imap[0].port(), 993);
+    assert_eq!(c.imap[0].after(), mailroom_config::ImapAfter::Seen);
 }
 
 #[test]
@@ -245,7 +320,7 @@ fn unknown_scalar_at_top_level_lists_the_sections() {
     assert_err(&e, ErrorKind::UnknownKey, 2, "colour");
     assert_eq!(
         e.message(),
-        "unknown key `colour` (known keys here: store, smtp, pipeline, filter, http, log, retention)"
+        "unknown key `colour` (known keys here: store, smtp, pipeline, filter, http, log, retention, imap)"
     );
 }
 
@@ -556,4 +631,90 @@ fn port_zero_may_repeat() {
     )
     .unwrap();
     assert_eq!(c.http.listen[0].port(), 0);
+}
+
+// ---- [[imap]] ----------------------------------------------------------------------------------
+
+const IMAP_OK: &str =
+    "[[imap]]\nname = \"a\"\nhost = \"127.0.0.1\"\nusername = \"u\"\npassword_env = \"PW\"\n";
+
+#[test]
+fn imap_accounts_are_read_with_defaults() {
+    let c = Config::parse(
+        &format!("{IMAP_OK}\n[[imap]]\nname = \"b\"\nhost = \"imap.example.org\"\ntls = \"starttls\"\nusername = \"u\"\npassword_file = \"pw\"\nafter = \"move:Done\"\npoll_seconds = 5\n"),
+        "x",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.imap.len(), 2);
+    let a = &c.imap[0];
+    assert_eq!((a.port(), a.mailbox.as_str()), (993, "INBOX"));
+    assert_eq!(a.after(), mailroom_config::ImapAfter::Seen);
+    assert_eq!(a.poll_interval(), Duration::from_secs(60));
+    let b = &c.imap[1];
+    assert_eq!(b.port(), 143);
+    assert_eq!(b.after(), mailroom_config::ImapAfter::Move("Done".into()));
+    // No account by default, and none is written out.
+    assert!(Config::default().imap.is_empty());
+    assert!(!toml::to_string(&Config::default())
+        .unwrap()
+        .contains("imap"));
+    let text = toml::to_string(&c).unwrap();
+    assert_eq!(Config::parse(&text, "x").unwrap(), c);
+}
+
+#[test]
+fn imap_errors_name_the_account_key_and_line() {
+    // A second account: its index is in the key, its line is the value's.
+    let e = err(&format!("{IMAP_OK}\n[[imap]]\nname = \"b\"\nhost = \"h\"\nusername = \"u\"\npassword_env = \"PW\"\nport = 0\n"));
+    assert_err(&e, ErrorKind::Invalid, 12, "imap[1].port");
+    let e = err(&format!("{IMAP_OK}after = \"archive\"\n"));
+    assert_err(&e, ErrorKind::Invalid, 6, "imap[0].after");
+    assert!(e.message().contains("move:FOLDER"), "{e}");
+    let e = err(&format!("{IMAP_OK}after = \"move:INBOX\"\n"));
+    assert_err(&e, ErrorKind::Invalid, 6, "imap[0].after");
+    let e = err(&format!("{IMAP_OK}poll_seconds = 1\n"));
+    assert_err(&e, ErrorKind::Invalid, 6, "imap[0].poll_seconds");
+    assert_eq!(e.message(), "must be at least 5 (got 1)");
+    let e = err(&format!("{IMAP_OK}poll_seconds = 3601\n"));
+    assert_err(&e, ErrorKind::Invalid, 6, "imap[0].poll_seconds");
+    let e = err(&format!("{IMAP_OK}tls = \"ssl\"\n"));
+    assert_err(&e, ErrorKind::Invalid, 6, "imap[0].tls");
+    let e = err(&format!("{IMAP_OK}colour = 1\n"));
+    assert_err(&e, ErrorKind::UnknownKey, 6, "imap[0].colour");
+    let e = err(&format!("{IMAP_OK}\n[[imap]]\nname = \"a\"\nhost = \"h\"\nusername = \"u\"\npassword_env = \"PW\"\n"));
+    assert_err(&e, ErrorKind::Invalid, 8, "imap[1].name");
+    assert!(e.message().contains("another account"), "{e}");
+    let e = err(
+        "[[imap]]\nname = \"bad name\"\nhost = \"h\"\nusername = \"u\"\npassword_env = \"PW\"\n",
+    );
+    assert_err(&e, ErrorKind::Invalid, 2, "imap[0].name");
+    let e = err(
+        "[[imap]]\nname = \"a\"\nhost = \"not a host\"\nusername = \"u\"\npassword_env = \"PW\"\n",
+    );
+    assert_err(&e, ErrorKind::Invalid, 3, "imap[0].host");
+    let e = err(&format!("{IMAP_OK}mailbox = \"\"\n"));
+    assert_err(&e, ErrorKind::Invalid, 6, "imap[0].mailbox");
+    let e = err(&format!("{IMAP_OK}tls = \"none\"\nca_file = \"ca.pem\"\n"));
+    assert_err(&e, ErrorKind::Invalid, 7, "imap[0].ca_file");
+}
+
+#[test]
+fn imap_needs_exactly_one_secret() {
+    // None: reported at the account.
+    let e = err("[smtp]\n\n[[imap]]\nname = \"a\"\nhost = \"h\"\nusername = \"u\"\n");
+    assert_eq!(e.key(), Some("imap[0].password_env"), "{e}");
+    assert!(matches!(e.line(), Some(3) | Some(4)), "{e}");
+    assert!(e.message().contains("xoauth2_token_file"), "{e}");
+    // Two: reported at the second.
+    let e = err(&format!("{IMAP_OK}password_file = \"pw\"\n"));
+    assert_err(&e, ErrorKind::Invalid, 6, "imap[0].password_file");
+    let c = Config::parse(
+        "[[imap]]\nname = \"a\"\nhost = \"h\"\nusername = \"u\"\nxoauth2_token_file = \"t\"\n",
+        "x",
+    );
+    assert!(c.is_ok());
+    let e = err("[[imap]]\nname = \"a\"\nhost = \"h\"\nusername = \"u\"\npassword_env = \"1X\"\n");
+    assert_err(&e, ErrorKind::Invalid, 5, "imap[0].password_env");
+    let e = err("[[imap]]\nname = \"a\"\nhost = \"h\"\nusername = \"\"\npassword_env = \"PW\"\n");
+    assert_err(&e, ErrorKind::Invalid, 4, "imap[0].username");
 }

@@ -414,7 +414,8 @@ impl Store {
                         record.updated_at = record.updated_at.max(p.received_at);
                         // A new message on a closed ticket reopens it (as help desks do), unless
                         // it is automatic mail (an auto-reply to our closing note).
-                        if record.status == TicketStatus::Closed && !automatic(&p.message_meta.flags)
+                        if record.status == TicketStatus::Closed
+                            && !automatic(&p.message_meta.flags)
                         {
                             record.status = TicketStatus::Open;
                             record.closed_at = None;

@@ -26,6 +26,7 @@ mod commit;
 mod crypto;
 pub mod filter;
 mod flusher;
+mod imap_state;
 mod keys;
 pub mod model;
 mod privacy;
@@ -40,10 +41,11 @@ pub use agent_ops::{
 };
 pub use audit::{Actor, AgentDeletion, AuditAction, AuditEntry};
 pub use backup::{BackupReport, RestoreReport};
+pub use filter::{write_model, FilterStats, TokenView, TrainOutcome};
+pub use imap_state::{ImapAccountRecord, ImapAppend, ImapSyncState};
 pub use privacy::{
     write_export_archive, ErasureReport, PersonExport, RetentionReport, RetentionRules,
 };
-pub use filter::{write_model, FilterStats, TokenView, TrainOutcome};
 pub use tokens::{validate_token_name, Role, TokenError, TokenInfo, TOKEN_LEN, TOKEN_PREFIX};
 
 pub use model::*;
@@ -156,6 +158,8 @@ struct Trees {
     audit: sled::Tree,
     agents: sled::Tree,
     agent_idx: sled::Tree,
+    imap_state: sled::Tree,
+    imap_seen: sled::Tree,
 }
 
 struct Inner {
@@ -266,6 +270,8 @@ impl Store {
             audit: db.open_tree(tree::AUDIT)?,
             agents: db.open_tree(tree::AGENTS)?,
             agent_idx: db.open_tree(tree::AGENT_IDX)?,
+            imap_state: db.open_tree(imap_state::STATE_TREE)?,
+            imap_seen: db.open_tree(imap_state::SEEN_TREE)?,
         };
         let filter = filter::FilterState::open(&t)?;
         let initialised = t.meta.contains_key(meta_key::INDEX_KEY)?;

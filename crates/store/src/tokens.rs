@@ -266,8 +266,7 @@ impl Store {
     /// revoking a revoked token again is `true` and changes nothing.
     pub fn token_revoke(&self, id: u64) -> Result<bool> {
         let _gate = self.writing();
-        let found = self.token_mark_revoked(id)?
-            || self.token_trees()?.0.contains_key(be(id))?;
+        let found = self.token_mark_revoked(id)? || self.token_trees()?.0.contains_key(be(id))?;
         if found {
             // So that a restore of an older backup cannot bring the token back.
             self.inner.keys.ledger_append(&format!("token {id}"))?;
