@@ -17,7 +17,9 @@ use mailroom_config::Config;
 use mailroom_pipeline::{Filter, Settings};
 use mailroom_spamfilter::Label;
 use mailroom_spool::{Envelope, Source};
-use mailroom_store::{FailedId, MessageKey, Role, Store, StoreError, TicketId};
+use mailroom_store::{
+    Actor, FailedId, MessageKey, RetentionRules, Role, Store, StoreError, TicketId, TicketStatus,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -120,12 +122,64 @@ pub enum Request {
         /// Token id.
         id: u64,
     },
+    /// Erase a person (see `Store::erase_person`).
+    PrivacyErase {
+        /// Their address.
+        email: String,
+        /// Only list what would go.
+        dry_run: bool,
+    },
+    /// Export a person's data (the archive, base64, in the answer).
+    PrivacyExport {
+        /// Their address.
+        email: String,
+    },
+    /// Apply retention rules.
+    PrivacyRetention {
+        /// The rules (from the caller's config).
+        rules: RetentionRules,
+        /// Apply them as at this time, Unix seconds (default: now).
+        at: Option<u64>,
+        /// Only list what would go.
+        dry_run: bool,
+    },
+    /// Audit records, newest first.
+    AuditList {
+        /// Older than this id.
+        before: Option<u64>,
+        /// At most this many.
+        limit: usize,
+    },
+    /// Write a backup into a directory (an absolute path, as the server sees it).
+    Backup {
+        /// The directory.
+        out: PathBuf,
+    },
+    /// Delete an agent: revoke their tokens, anonymise their name.
+    AgentDelete {
+        /// The agent's name (their tokens' name).
+        name: String,
+    },
+    /// Open or close a ticket.
+    TicketStatus {
+        /// Ticket number.
+        id: u64,
+        /// The new status.
+        status: TicketStatus,
+    },
     /// Spool one message read from a file.
     Ingest {
         /// Where it was read from (kept as the envelope's peer).
         origin: String,
         /// The raw message, base64.
         raw_b64: String,
+    },
+    /// Each IMAP account's status (the server's live view; without a server, the store's).
+    ImapStatus,
+    /// Make an IMAP account look for new mail now (answered by a running server only).
+    ImapSync {
+        /// The account's name.
+        name: String,
     },
 }
 
@@ -143,14 +197,18 @@ pub fn socket_path(config: &Config) -> PathBuf {
     config.store.path.join("mailroom.sock")
 }
 
-/// Open the store of `config` in this process.
-pub fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let options = mailroom_store::StoreOptions {
+/// The store options `config` asks for.
+pub fn store_options(config: &Config) -> mailroom_store::StoreOptions {
+    mailroom_store::StoreOptions {
         spool_max_entries: config.store.spool_max_entries,
         spool_key_lifetime_secs: config.store.spool_key_lifetime_hours.saturating_mul(3600),
         cache_capacity_bytes: config.store.cache_mb.saturating_mul(1024 * 1024),
-    };
-    Store::open(&config.store.path, options)
+    }
+}
+
+/// Open the store of `config` in this process.
+pub fn open_store(config: &Config) -> anyhow::Result<Store> {
+    Store::open(&config.store.path, store_options(config))
         .with_context(|| format!("opening the store in {}", config.store.path.display()))
 }
 
@@ -352,6 +410,51 @@ pub fn handle(store: &Store, settings: &Settings, request: Request) -> Result<Va
             }
             Ok(json!({ "revoked": id }))
         }
+        Request::PrivacyErase { email, dry_run } => to_value(
+            store
+                .erase_person(&email, dry_run, Actor::Cli)
+                .map_err(err)?,
+        ),
+        Request::PrivacyExport { email } => {
+            let Some(export) = store.export_person(&email, Actor::Cli).map_err(err)? else {
+                return Err("no contact with that address".to_string());
+            };
+            let archive = mailroom_store::write_export_archive(&export, Vec::new())
+                .map_err(|e| e.to_string())?;
+            Ok(json!({
+                "contact": export.contact.id,
+                "tickets": export.tickets.len(),
+                "messages": export.messages.len(),
+                "attachments": export.attachments.len(),
+                "archive_b64": base64::engine::general_purpose::STANDARD.encode(archive),
+            }))
+        }
+        Request::PrivacyRetention { rules, at, dry_run } => to_value(
+            store
+                .retention_apply(rules, at.unwrap_or_else(now_secs), dry_run, Actor::Cli)
+                .map_err(err)?,
+        ),
+        Request::AuditList { before, limit } => to_value(
+            store
+                .audit_list(before, limit.clamp(1, 10_000))
+                .map_err(err)?,
+        ),
+        Request::Backup { out } => to_value(store.backup(&out, Actor::Cli).map_err(err)?),
+        Request::AgentDelete { name } => {
+            match store.agent_delete(&name, Actor::Cli).map_err(err)? {
+                Some(done) => to_value(done),
+                None => Err(format!("no agent named {name:?}")),
+            }
+        }
+        Request::TicketStatus { id, status } => {
+            match store
+                .ticket_set_status(TicketId(id), status, Actor::Cli)
+                .map_err(err)?
+            {
+                Some(summary) => to_value(summary),
+                None => Err(format!("no ticket #{id}")),
+            }
+        }
         Request::Ingest { origin, raw_b64 } => {
             let raw = decode(&raw_b64)?;
             let id = store
@@ -359,6 +462,10 @@ pub fn handle(store: &Store, settings: &Settings, request: Request) -> Result<Va
                 .map_err(err)?;
             Ok(json!({"spool": id.0}))
         }
+        Request::ImapStatus => crate::imap::stored_status(store),
+        Request::ImapSync { name } => Err(format!(
+            "no server runs: `mailroom imap sync {name}` syncs in its own process then"
+        )),
     }
 }
 
@@ -413,6 +520,7 @@ pub async fn serve(
     settings: tokio::sync::watch::Receiver<Arc<Settings>>,
     max_request: usize,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    imap: crate::imap::Imap,
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     // We hold the store lock, so a socket file left here is stale (a killed server's).
@@ -437,8 +545,9 @@ pub async fn serve(
                 };
                 let store = store.clone();
                 let settings = settings.clone();
+                let imap = imap.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, store, settings, max_request).await {
+                    if let Err(e) = serve_connection(stream, store, settings, max_request, imap).await {
                         tracing::warn!(error = %e, "control connection failed");
                     }
                 });
@@ -455,6 +564,7 @@ async fn serve_connection(
     store: Store,
     settings: tokio::sync::watch::Receiver<Arc<Settings>>,
     max_request: usize,
+    imap: crate::imap::Imap,
 ) -> anyhow::Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let (read, mut write) = stream.into_split();
@@ -479,9 +589,14 @@ async fn serve_connection(
                 Ok(request) => {
                     let store = store.clone();
                     let settings = settings.borrow().clone();
-                    match tokio::task::spawn_blocking(move || handle(&store, &settings, request))
-                        .await
-                    {
+                    let answer = match imap.answer(&request) {
+                        Some(answer) => Ok(answer),
+                        None => {
+                            tokio::task::spawn_blocking(move || handle(&store, &settings, request))
+                                .await
+                        }
+                    };
+                    match answer {
                         Ok(Ok(v)) => Response {
                             ok: Some(v),
                             error: None,

@@ -4,8 +4,10 @@
 mod control;
 mod eval;
 mod filter_cmd;
+mod imap;
 mod ingest;
 mod output;
+mod privacy_cmd;
 mod serve;
 
 use std::path::{Path, PathBuf};
@@ -25,10 +27,10 @@ struct Cli {
 
 /// Options every command that uses the store takes.
 #[derive(Debug, Args, Clone)]
-struct Common {
+pub(crate) struct Common {
     /// Configuration file (TOML). Without it, built-in defaults are used (data in ./data).
     #[arg(long, short = 'c', value_name = "FILE", global = true)]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,10 +105,43 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// IMAP accounts: each one's state, and fetching new mail now.
+    Imap {
+        #[command(subcommand)]
+        command: ImapCommand,
+    },
     /// Check configuration files.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// A person's rights and the operator's duties: erasure, export, retention, audit log.
+    Privacy {
+        #[command(subcommand)]
+        command: privacy_cmd::PrivacyCommand,
+    },
+    /// Agents (the people API tokens belong to).
+    Agent {
+        #[command(subcommand)]
+        command: privacy_cmd::AgentCommand,
+    },
+    /// Write a consistent backup of the database into a new directory, while serving or not.
+    /// The backup holds no keys: it can only be restored beside this data directory's keys/.
+    Backup {
+        #[command(flatten)]
+        common: Common,
+        /// The directory to write (created; must not hold a backup).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Restore a backup into the data directory (the server must be stopped). The database
+    /// there is moved aside; erasures, agent deletions and token revocations made since the
+    /// backup are applied again.
+    Restore {
+        #[command(flatten)]
+        common: Common,
+        /// The backup directory.
+        dir: PathBuf,
     },
 }
 
@@ -129,6 +164,21 @@ enum TicketsCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Close a ticket (closed tickets are deleted after retention.closed_ticket_days; a new
+    /// message on it reopens it).
+    Close {
+        #[command(flatten)]
+        common: Common,
+        /// Ticket number.
+        id: u64,
+    },
+    /// Reopen a closed ticket.
+    Reopen {
+        #[command(flatten)]
+        common: Common,
+        /// Ticket number.
+        id: u64,
     },
 }
 
@@ -316,6 +366,27 @@ enum FailedCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum ImapCommand {
+    /// Each account's state (connecting, syncing, idle, polling, or backoff with the last
+    /// error), its last UID and what it has spooled.
+    Status {
+        #[command(flatten)]
+        common: Common,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch account NAME's new mail now, with a progress bar. A running server is asked to do
+    /// it; without one, it is done (and processed) here.
+    Sync {
+        #[command(flatten)]
+        common: Common,
+        /// The account's `name` in the config.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Check a configuration file: syntax, types, unknown keys and values.
     Check {
@@ -376,7 +447,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 output::ticket_show(&value, json)?;
                 Ok(ExitCode::SUCCESS)
             }
+            TicketsCommand::Close { common, id } => {
+                privacy_cmd::ticket_status(&load_config(&common)?, id, true)
+            }
+            TicketsCommand::Reopen { common, id } => {
+                privacy_cmd::ticket_status(&load_config(&common)?, id, false)
+            }
         },
+        Command::Privacy { command } => privacy_cmd::privacy(command, load_config),
+        Command::Agent { command } => privacy_cmd::agent(command, load_config),
+        Command::Backup { common, out } => privacy_cmd::backup(&load_config(&common)?, &out),
+        Command::Restore { common, dir } => privacy_cmd::restore(&load_config(&common)?, &dir),
         Command::Failed { command } => match command {
             FailedCommand::List { common, json } => {
                 let config = load_config(&common)?;
@@ -527,6 +608,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output::stats(&value, json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Imap { command } => match command {
+            ImapCommand::Status { common, json } => {
+                imap::status_command(&load_config(&common)?, json)
+            }
+            ImapCommand::Sync { common, name } => imap::sync_command(&load_config(&common)?, &name),
+        },
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(&file),

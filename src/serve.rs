@@ -118,6 +118,18 @@ pub fn redacted_config(config: &Config) -> serde_json::Value {
             }
         }
     }
+    for account in v
+        .get_mut("imap")
+        .and_then(|a| a.as_array_mut())
+        .into_iter()
+        .flatten()
+    {
+        for key in ["password_file", "xoauth2_token_file"] {
+            if let Some(path) = account.get_mut(key) {
+                *path = serde_json::Value::String("[redacted]".into());
+            }
+        }
+    }
     v
 }
 
@@ -151,6 +163,11 @@ fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("MAILROOM_LOG")
         .unwrap_or_else(|_| EnvFilter::new(config.log.level.as_str()));
+    // async-imap traces every command it sends, LOGIN and AUTHENTICATE included: never log it.
+    let filter = match "async_imap=off".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -223,6 +240,8 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
         settings_rx.clone(),
         shutdown_rx.clone(),
     ));
+    // One task per `[[imap]]` account; none of them can stop another, or SMTP.
+    let imap = crate::imap::Imap::start(&config, &store);
     // Before anything says "ready": see `ReloadTriggers` and `StopSignals`.
     let triggers = ReloadTriggers::install(config_path);
     let mut stop = StopSignals::install()?;
@@ -232,9 +251,10 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
         let max_request = config.smtp.max_message_size / 3 * 4 + 64 * 1024;
         let rx = shutdown_rx.clone();
         let settings = settings_rx.clone();
-        tokio::spawn(
-            async move { crate::control::serve(&path, store, settings, max_request, rx).await },
-        )
+        let imap = imap.clone();
+        tokio::spawn(async move {
+            crate::control::serve(&path, store, settings, max_request, rx, imap).await
+        })
     };
 
     // Only new sessions read the config; a reload sends a new one here.
@@ -257,6 +277,12 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
             .await
         }));
     }
+    let (retention_tx, retention_rx) = watch::channel(Arc::new(config.retention.clone()));
+    let sweeper = tokio::spawn(retention_sweeper(
+        store.clone(),
+        retention_rx,
+        shutdown_rx.clone(),
+    ));
     let reloader = tokio::spawn(reload_loop(
         triggers,
         Live {
@@ -266,6 +292,8 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
             settings: settings_tx,
             api: api_tx,
             config_json: config_json_tx,
+            retention: retention_tx,
+            imap: imap.clone(),
         },
         shutdown_rx.clone(),
     ));
@@ -290,6 +318,9 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
         Ok(Err(e)) => tracing::error!(error = %e, "smtp server stopped with an error"),
         Err(e) => tracing::error!(error = %e, "smtp server task failed"),
     }
+    // IMAP accounts finish their batch (or are aborted after a grace period: safe, an
+    // unconfirmed batch is fetched again and recognised).
+    imap.shutdown().await;
     for task in http_tasks {
         match task.await {
             Ok(Ok(())) => {}
@@ -306,6 +337,10 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()>
         Err(e) => tracing::error!(error = %e, "control socket task failed"),
     }
     reloader.abort();
+    // A sweep in progress finishes (it runs on a blocking thread); the next one never starts.
+    if let Err(e) = sweeper.await {
+        tracing::error!(error = %e, "retention sweeper failed");
+    }
     tokio::task::spawn_blocking(move || store.flush()).await??;
     println!("mailroom: stopped");
     Ok(())
@@ -343,6 +378,9 @@ struct Live {
     settings: watch::Sender<Arc<Settings>>,
     api: watch::Sender<Arc<ApiConfig>>,
     config_json: watch::Sender<Arc<serde_json::Value>>,
+    retention: watch::Sender<Arc<mailroom_config::RetentionConfig>>,
+    /// Accounts added, removed or changed by a reload are started, stopped or restarted.
+    imap: crate::imap::Imap,
 }
 
 /// Keys that are read once at start; a reload that changes them says a restart is needed.
@@ -386,6 +424,8 @@ impl Live {
                 self.api.send_replace(Arc::new(api));
                 self.config_json
                     .send_replace(Arc::new(redacted_config(&new)));
+                self.retention.send_replace(Arc::new(new.retention.clone()));
+                self.imap.apply(&new);
                 self.running = new;
                 if restart.is_empty() {
                     tracing::info!("configuration reloaded");
@@ -402,6 +442,41 @@ impl Live {
                 tracing::error!(error = %format!("{e:#}"), "configuration rejected; keeping the running one");
                 println!("config: rejected: {e:#}");
             }
+        }
+    }
+}
+
+/// Apply the retention rules every `retention.sweep_minutes`, and at once after a config
+/// reload (the rules and the interval follow reloads), until shutdown. Logs counts only.
+async fn retention_sweeper(
+    store: Store,
+    mut rules: watch::Receiver<Arc<mailroom_config::RetentionConfig>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let minutes = u64::from(rules.borrow().sweep_minutes.max(1));
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(minutes * 60)) => {}
+            changed = rules.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+        let r = crate::privacy_cmd::retention_rules(&rules.borrow_and_update());
+        let now = crate::control::now_secs();
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || {
+            store.retention_apply(r, now, false, mailroom_store::Actor::System)
+        })
+        .await
+        {
+            Ok(Ok(report)) => tracing::info!(
+                quarantine = report.quarantine.len(),
+                closed_tickets = report.closed_tickets.len(),
+                attachments = report.attachments.len(),
+                audit = report.audit,
+                "retention applied"
+            ),
+            Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
+            Err(e) => tracing::error!(error = %e, "retention sweep task failed"),
         }
     }
 }

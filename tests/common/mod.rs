@@ -169,7 +169,29 @@ impl Server {
     }
 
     fn start_with(config: &Path, log: Option<(&Path, &str)>) -> Server {
+        Server::start_command(Command::new(bin()), config, log)
+    }
+
+    /// Start the server with its wall clock shifted by `offset` (libfaketime syntax, e.g.
+    /// `-400d`); monotonic time is left alone so timers keep working.
+    /// The library is preloaded into the server itself (the `faketime` program would fork it,
+    /// and killing `faketime` would leave the server running).
+    pub fn start_shifted(config: &Path, offset: &str) -> Server {
+        let lib = std::fs::read_dir("/usr/lib")
+            .expect("/usr/lib")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("faketime/libfaketimeMT.so.1"))
+            .find(|p| p.is_file())
+            .expect("libfaketime is not installed: run scripts/test, which installs it");
         let mut command = Command::new(bin());
+        command
+            .env("LD_PRELOAD", lib)
+            .env("FAKETIME", offset)
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        Server::start_command(command, config, None)
+    }
+
+    fn start_command(mut command: Command, config: &Path, log: Option<(&Path, &str)>) -> Server {
         command
             .args(["serve", "--config"])
             .arg(config)
