@@ -154,6 +154,7 @@ pub fn smtp_config(config: &Config) -> anyhow::Result<SmtpConfig> {
         max_errors: s.max_errors,
         idle_timeout: s.idle_timeout(),
         data_timeout: s.data_timeout(),
+        min_data_rate: s.min_data_rate,
         shutdown_grace: s.shutdown_grace(),
         tls,
     })

@@ -105,6 +105,41 @@ fn slowloris_command_is_closed_by_the_idle_timeout() {
 }
 
 #[test]
+fn slowloris_inside_data_is_closed_by_the_minimum_data_rate() {
+    // Each byte would restart the 1 s data timeout; the minimum rate ends the session anyway.
+    let env = Env::no_filter("data_timeout_secs = 1\nmin_data_rate = 1000");
+    let server = env.serve();
+    let addr = server.smtp;
+    let attacker = std::thread::spawn(move || {
+        let mut s = Smtp::connect(addr);
+        assert_eq!(s.cmd("EHLO loris.test").code, 250);
+        start_data(&mut s, "loris@example.net");
+        let started = Instant::now();
+        // A header line, then a byte every 300 ms: 3 bytes/s, well under 1000.
+        let _ = s.try_send_raw(b"Subject: trickle\r\n\r\n");
+        while started.elapsed() < Duration::from_secs(15) {
+            if s.try_send_raw(b"x").is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        (started.elapsed(), s.read_to_close())
+    });
+    normal_client_works(&server, "While the data loris crawls");
+    let (elapsed, rest) = attacker.join().expect("attacker thread");
+    assert!(
+        rest.contains("421 4.4.2"),
+        "the trickling session gets a timeout reply: {rest:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "the trickling DATA was kept open for {elapsed:?} (data_timeout 1 s, 1000 bytes/s)"
+    );
+    normal_client_works(&server, "After the data loris");
+    assert_rss_bounded(&server, "data slowloris");
+}
+
+#[test]
 fn connections_over_the_limit_get_421_then_service_resumes() {
     let env = Env::no_filter("max_connections = 2");
     let server = env.serve();

@@ -164,6 +164,11 @@ pub struct SmtpConfig {
     /// `smtp.data_timeout_secs`: how long to wait for more message data after `DATA` or
     /// `BDAT` (default 600, 1 to 3600). See [`SmtpConfig::data_timeout`].
     pub data_timeout_secs: u64,
+    /// `smtp.min_data_rate`: once a message has been arriving for `data_timeout_secs`, it
+    /// must keep coming at at least this many bytes per second on average, or the session
+    /// gets `421 4.4.2` (default 500, 0 to 1,000,000; 0 turns the rule off). Stops a client
+    /// that trickles a byte now and then from holding a session for ever.
+    pub min_data_rate: u64,
     /// `smtp.shutdown_grace_secs`: on shutdown, how long sessions in progress may take to
     /// finish before they are closed (default 30, 0 to 3600). See
     /// [`SmtpConfig::shutdown_grace`].
@@ -191,6 +196,7 @@ impl Default for SmtpConfig {
             max_errors: 10,
             idle_timeout_secs: 300,
             data_timeout_secs: 600,
+            min_data_rate: 500,
             shutdown_grace_secs: 30,
             tls_cert: None,
             tls_key: None,

@@ -192,6 +192,7 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
     c.range("smtp.max_errors", smtp.max_errors, 1, 1000);
     c.range("smtp.idle_timeout_secs", smtp.idle_timeout_secs, 1, 3600);
     c.range("smtp.data_timeout_secs", smtp.data_timeout_secs, 1, 3600);
+    c.range("smtp.min_data_rate", smtp.min_data_rate, 0, 1_000_000);
     c.range(
         "smtp.shutdown_grace_secs",
         smtp.shutdown_grace_secs,

@@ -149,7 +149,7 @@ fn example_lists_every_key_of_every_section_with_a_comment() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 4 + 13 + 4 + 7 + 7 + 2 + 5);
+    assert_eq!(checked, 4 + 14 + 4 + 7 + 7 + 2 + 5);
 }
 
 /// An `[[imap]]` account with every optional key set, so that none is skipped when serialized.

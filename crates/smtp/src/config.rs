@@ -41,6 +41,11 @@ pub struct SmtpConfig {
     /// How long to wait for more message content (DATA or a BDAT chunk) before
     /// `421 4.4.2` and close.
     pub data_timeout: Duration,
+    /// Slowest average rate, in bytes per second, at which message content may arrive once
+    /// the first `data_timeout` of a DATA or BDAT phase has passed (0: no minimum). A client
+    /// trickling a byte now and then would otherwise hold its session open indefinitely,
+    /// since every byte restarts `data_timeout`; it gets `421 4.4.2` instead.
+    pub min_data_rate: u64,
     /// On shutdown, how long sessions in a mail transaction may take to finish before they
     /// are closed with `421 4.3.2`.
     pub shutdown_grace: Duration,
@@ -52,7 +57,7 @@ impl SmtpConfig {
     /// A configuration with sensible defaults for `hostname` serving `domains`:
     /// 25 MiB messages, 100 recipients (the RFC 5321 minimum), 4096-octet lines,
     /// 256 connections, 10 errors, 5 minute idle and 3 minute data timeouts (RFC 5321
-    /// §4.5.3.2), 30 s shutdown grace, no TLS.
+    /// §4.5.3.2), a minimum data rate of 500 bytes/s, 30 s shutdown grace, no TLS.
     pub fn new(hostname: impl Into<String>, domains: Vec<String>) -> Self {
         Self {
             hostname: hostname.into(),
@@ -64,6 +69,7 @@ impl SmtpConfig {
             max_errors: 10,
             idle_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
+            min_data_rate: 500,
             shutdown_grace: Duration::from_secs(30),
             tls: None,
         }

@@ -293,6 +293,8 @@ where
     S: Spool,
 {
     let mut deadline = tokio::time::Instant::now() + session.read_timeout();
+    // While message content arrives: when that started and how many bytes came since.
+    let mut data: Option<(tokio::time::Instant, u64)> = None;
     loop {
         let mut input = buf.data();
         let available = input.len();
@@ -338,6 +340,16 @@ where
                 if !session.mid_command_line() {
                     deadline = tokio::time::Instant::now() + session.read_timeout();
                 }
+                if session.receiving_data() {
+                    let (since, bytes) = *data.get_or_insert((tokio::time::Instant::now(), 0));
+                    // Every byte restarts the data timeout, but the content as a whole must
+                    // keep up the minimum rate after the first data timeout.
+                    if let Some(at) = rate_deadline(since, bytes, session) {
+                        deadline = deadline.min(at);
+                    }
+                } else {
+                    data = None;
+                }
                 tokio::select! {
                     () = wait_state(state, closing_at) => session.shutting_down(),
                     read = tokio::time::timeout_at(deadline, buf.read_from(io)) => match read {
@@ -345,7 +357,11 @@ where
                             debug!("client closed the connection");
                             return Outcome::Closed;
                         }
-                        Ok(Ok(_)) => {}
+                        Ok(Ok(n)) => {
+                            if let Some((_, bytes)) = data.as_mut() {
+                                *bytes += n as u64;
+                            }
+                        }
                         Ok(Err(err)) => {
                             debug!(error = %err, "read failed");
                             return Outcome::Closed;
@@ -436,4 +452,20 @@ impl ReadBuf {
         self.end += n;
         Ok(n)
     }
+}
+
+/// When a DATA/BDAT phase that began at `since` and has brought `bytes` must have brought more
+/// to keep up the session's minimum data rate: the data timeout, plus one second per
+/// `min_data_rate` bytes received. `None` when there is no minimum.
+fn rate_deadline(
+    since: tokio::time::Instant,
+    bytes: u64,
+    session: &Session,
+) -> Option<tokio::time::Instant> {
+    let rate = session.min_data_rate();
+    if rate == 0 {
+        return None;
+    }
+    let earned = std::time::Duration::from_secs_f64(bytes as f64 / rate as f64);
+    Some(since + session.read_timeout() + earned)
 }

@@ -205,6 +205,20 @@ impl Session {
         self.output.clear();
     }
 
+    /// Whether message content is being received (DATA, a BDAT chunk, or data being
+    /// discarded after an error).
+    pub fn receiving_data(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Data(_) | Phase::Bdat { .. } | Phase::Discard { .. }
+        )
+    }
+
+    /// The slowest average rate, bytes per second, message content may arrive at (0: none).
+    pub fn min_data_rate(&self) -> u64 {
+        self.config.min_data_rate
+    }
+
     /// How long the driver may wait for the next input: the data timeout while message
     /// content is being received, the idle timeout otherwise.
     pub fn read_timeout(&self) -> Duration {
