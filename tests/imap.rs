@@ -1,13 +1,17 @@
 //! IMAP ingestion against a real Dovecot (Debian's `dovecot-imapd`, installed by scripts/test):
 //! each test runs its own Dovecot from `tests/dovecot/` on free 127.0.0.1 ports with a
-//! passwd-file and maildirs in a temporary directory, and the real `mailroom` binary.
+//! passwd-file (and, for XOAUTH2, an oauth2 passdb asking the test's own token-introspection
+//! server) and maildirs in a temporary directory, and the real `mailroom` binary.
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{message, ticket_with, Env, Server};
@@ -55,8 +59,19 @@ struct Dovecot {
 }
 
 impl Dovecot {
-    /// Start Dovecot with `extra` config lines; wait until it greets.
+    /// Start Dovecot with `extra` config lines; wait until it greets. Logins by password only.
     fn start(extra: &str) -> Dovecot {
+        Dovecot::launch(extra, None)
+    }
+
+    /// Start Dovecot that also takes XOAUTH2 and OAUTHBEARER, checking bearer tokens with the
+    /// introspection server at `introspection_url` (Dovecot's oauth2 passdb); passwords still
+    /// work for the test's own client.
+    fn start_oauth2(introspection_url: &str) -> Dovecot {
+        Dovecot::launch("", Some(introspection_url))
+    }
+
+    fn launch(extra: &str, introspection_url: Option<&str>) -> Dovecot {
         // Debian puts it in /usr/sbin, which a user's PATH may lack.
         let binary = if Path::new("/usr/sbin/dovecot").is_file() {
             PathBuf::from("/usr/sbin/dovecot")
@@ -101,7 +116,17 @@ impl Dovecot {
         let (port, tls_port) = (free_port(), free_port());
         let template = include_str!("dovecot/dovecot.conf");
         let passwd = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dovecot/passwd");
+        let oauth2 = match introspection_url {
+            Some(url) => {
+                let ext = include_str!("dovecot/dovecot-oauth2.conf.ext")
+                    .replace("@INTROSPECTION_URL@", url);
+                std::fs::write(dir.path().join("dovecot-oauth2.conf.ext"), ext).unwrap();
+                include_str!("dovecot/oauth2.conf")
+            }
+            None => "",
+        };
         let conf = template
+            .replace("@OAUTH2@", oauth2)
             .replace("@DIR@", &dir.path().display().to_string())
             .replace("@PORT@", &port.to_string())
             .replace("@TLS_PORT@", &tls_port.to_string())
@@ -269,6 +294,115 @@ impl Imap {
     }
 }
 
+/// A tiny OAuth 2 token-introspection endpoint (RFC 7662) on 127.0.0.1, for Dovecot's oauth2
+/// passdb (`introspection_mode = post`): it answers `{"active": true, "username": USER}` for a
+/// token it issued and `{"active": false}` for any other, one request per connection, and
+/// remembers every token it was asked about.
+struct Introspection {
+    port: u16,
+    asked: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Introspection {
+    /// Serve `issued`: (token, user name) pairs.
+    fn start(issued: &[(&str, &str)]) -> Introspection {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the introspection server");
+        let port = listener.local_addr().unwrap().port();
+        let issued: HashMap<String, String> = issued
+            .iter()
+            .map(|(t, u)| (t.to_string(), u.to_string()))
+            .collect();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (asked, stop) = (asked.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    if let Some(token) = Introspection::answer(conn, &issued) {
+                        asked.lock().unwrap().push(token);
+                    }
+                }
+            })
+        };
+        Introspection {
+            port,
+            asked,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/introspect", self.port)
+    }
+
+    /// Every token asked about so far, in order.
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+
+    /// Read one `POST` with a form body holding `token=...`, answer it, close; the token.
+    fn answer(conn: TcpStream, issued: &HashMap<String, String>) -> Option<String> {
+        conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let mut reader = BufReader::new(conn.try_clone().ok()?);
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().ok()?;
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).ok()?;
+        let body = String::from_utf8(body).ok()?;
+        // Our tokens need no percent-decoding: letters, digits, `.` and `-`.
+        let token = body
+            .split('&')
+            .find_map(|field| field.strip_prefix("token="))
+            .unwrap_or_default()
+            .to_string();
+        let verdict = match issued.get(&token) {
+            Some(user) => serde_json::json!({ "active": true, "username": user }),
+            None => serde_json::json!({ "active": false }),
+        }
+        .to_string();
+        let mut conn = conn;
+        write!(
+            conn,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{verdict}",
+            verdict.len()
+        )
+        .ok()?;
+        Some(token)
+    }
+}
+
+impl Drop for Introspection {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so that it sees `stop`.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A message with a unique subject.
 fn mail(subject: &str, body: &str) -> Vec<u8> {
     message("customer@example.org", subject, "", body)
@@ -283,11 +417,21 @@ fn account(dovecot: &Dovecot, name: &str, user: &str, secret_line: &str, extra: 
     )
 }
 
-fn password_file(env: &Env, name: &str, password: &str) -> (PathBuf, String) {
-    let path = env.dir.path().join(format!("{name}.password"));
-    std::fs::write(&path, format!("{password}\n")).unwrap();
-    let line = format!("password_file = {:?}", path.display().to_string());
+/// Write `secret` to a file of account `name`: the file and the `[[imap]]` line naming it under
+/// `key` (`password_file` or `xoauth2_token_file`).
+fn secret_file(env: &Env, name: &str, key: &str, secret: &str) -> (PathBuf, String) {
+    let path = env.dir.path().join(format!("{name}.{key}"));
+    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    let line = format!("{key} = {:?}", path.display().to_string());
     (path, line)
+}
+
+fn password_file(env: &Env, name: &str, password: &str) -> (PathBuf, String) {
+    secret_file(env, name, "password_file", password)
+}
+
+fn token_file(env: &Env, name: &str, token: &str) -> (PathBuf, String) {
+    secret_file(env, name, "xoauth2_token_file", token)
 }
 
 /// An env whose config has the filter off (every message a ticket) and `imap` tables.
@@ -450,6 +594,10 @@ fn a_uidvalidity_change_resyncs_without_duplicates_or_loss() {
     }
 }
 
+/// The server's log at the finest level that could show a secret: debug, with the IMAP library's
+/// own trace asked for (mailroom turns it off whatever is asked).
+const SECRET_HUNT_LOG: &str = "debug,async_imap=trace,imap_proto=trace,sled=info,rustls=info,hyper=info,hyper_util=info,h2=info,tower=info,notify=info";
+
 #[test]
 fn a_wrong_password_is_reported_and_retried_while_the_rest_keeps_working() {
     let dovecot = Dovecot::start("");
@@ -462,10 +610,7 @@ fn a_wrong_password_is_reported_and_retried_while_the_rest_keeps_working() {
             + &account(&dovecot, "broken", "bob", &broken, "")
     });
     let log = env.dir.path().join("server.log");
-    let server = env.serve_logging(
-        &log,
-        "debug,async_imap=trace,imap_proto=trace,sled=info,rustls=info,hyper=info,hyper_util=info,h2=info,tower=info,notify=info",
-    );
+    let server = env.serve_logging(&log, SECRET_HUNT_LOG);
     // Retried: at least two failures in a row, each with a clear error.
     let s = wait_for(
         Duration::from_secs(30),
@@ -535,6 +680,137 @@ fn a_wrong_password_is_reported_and_retried_while_the_rest_keeps_working() {
         .filter(|l| l.contains("user=<bob>") && l.contains("auth failed"))
         .count();
     assert!(failed >= 2, "dovecot saw {failed} failed logins of bob");
+}
+
+#[test]
+fn xoauth2_logs_in_through_dovecots_oauth2_passdb_and_a_stale_token_is_retried_until_renewed() {
+    const ALICE_TOKEN: &str = "ya29.alice-0c81d4e7f2a9";
+    const BOB_TOKEN: &str = "ya29.bob-5e2f7b1c93d0";
+    const STALE_TOKEN: &str = "ya29.stale-9a3b4c5d6e7f";
+    let introspection = Introspection::start(&[(ALICE_TOKEN, "alice"), (BOB_TOKEN, "bob")]);
+    let dovecot = Dovecot::start_oauth2(&introspection.url());
+    let mut bob_token_file = PathBuf::new();
+    let env = env_with(|env| {
+        let (_, alice) = token_file(env, "oauth", ALICE_TOKEN);
+        let (path, bob) = token_file(env, "stale", STALE_TOKEN);
+        bob_token_file = path;
+        account(&dovecot, "oauth", "alice", &alice, "")
+            + &account(&dovecot, "stale", "bob", &bob, "")
+    });
+    let log = env.dir.path().join("server.log");
+    let server = env.serve_logging(&log, SECRET_HUNT_LOG);
+
+    // 1. A valid token: AUTHENTICATE XOAUTH2 succeeds, IDLE, and new mail becomes a ticket.
+    wait_state(&env, "oauth", "idle", Duration::from_secs(30));
+    let mut alice = dovecot.login("alice", ALICE_PW);
+    alice.append("INBOX", &[mail("Through XOAUTH2 oauth-alice-1", "hello")]);
+    wait_for(Duration::from_secs(10), "alice's ticket", || {
+        ticket_with(&env.tickets(), "oauth-alice-1").map(|_| ())
+    });
+    alice.select("INBOX");
+    wait_for(Duration::from_secs(10), "the message to be \\Seen", || {
+        let flags = alice.flags();
+        (flags.len() == 1 && flags[0].contains("\\Seen")).then_some(())
+    });
+    assert!(
+        dovecot
+            .log()
+            .lines()
+            .any(|l| l.contains("Login: user=<alice>, method=XOAUTH2")),
+        "dovecot logged no XOAUTH2 login of alice:\n{}",
+        dovecot.log()
+    );
+
+    // 2. A token the provider no longer accepts: a clear login error, retried with backoff.
+    let s = wait_for(
+        Duration::from_secs(30),
+        "the stale account to fail twice and back off",
+        || {
+            let s = account_status(&env, "stale");
+            (s["failures"].as_u64() >= Some(2) && s["state"] == "backoff").then_some(s)
+        },
+    );
+    assert_eq!(
+        s["last_error"],
+        "login failed: the server said: [AUTHENTICATIONFAILED] Authentication failed.",
+        "{s}"
+    );
+    assert!(s["retry_at"].as_u64().is_some(), "{s}");
+    assert!(s["last_uid"].is_null(), "it never got in: {s}");
+    // Dovecot asked the provider about the stale token at each attempt.
+    let stale_asked = introspection
+        .asked()
+        .iter()
+        .filter(|t| *t == STALE_TOKEN)
+        .count();
+    assert!(stale_asked >= 2, "introspected {stale_asked} times");
+    // Nothing else is affected: the other account stays logged in, SMTP takes mail.
+    let good = account_status(&env, "oauth");
+    assert_eq!(good["state"], "idle", "{good}");
+    assert_eq!(good["errors_total"], 0, "{good}");
+    let mut smtp = server.connect();
+    smtp.cmd("EHLO client.example.org");
+    let r = smtp.send_mail(
+        "customer@example.org",
+        &["help@support.example.com"],
+        &mail("Over SMTP smtp-oauth", "hi"),
+    );
+    assert_eq!(r.code, 250);
+    alice.append("INBOX", &[mail("Again oauth-alice-2", "hello")]);
+    wait_for(Duration::from_secs(15), "both tickets", || {
+        let t = env.tickets();
+        (ticket_with(&t, "smtp-oauth").is_some() && ticket_with(&t, "oauth-alice-2").is_some())
+            .then_some(())
+    });
+    let out = env.cli(&["imap", "status"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("stale") && text.contains("login failed"),
+        "{text}"
+    );
+
+    // 3. The token file renewed: read at the next attempt, which logs in; bob's mail arrives.
+    std::fs::write(&bob_token_file, format!("{BOB_TOKEN}\n")).unwrap();
+    let s = wait_state(&env, "stale", "idle", Duration::from_secs(60));
+    assert!(s["last_error"].is_null(), "{s}");
+    assert_eq!(s["failures"], 0, "{s}");
+    assert!(introspection.asked().iter().any(|t| t == BOB_TOKEN));
+    let mut bob = dovecot.login("bob", BOB_PW);
+    bob.append("INBOX", &[mail("Renewed token oauth-bob", "hello")]);
+    wait_for(Duration::from_secs(15), "bob's ticket", || {
+        ticket_with(&env.tickets(), "oauth-bob").map(|_| ())
+    });
+    let good = account_status(&env, "oauth");
+    assert_eq!(good["spooled"], 2, "{good}");
+    assert_eq!(good["errors_total"], 0, "{good}");
+    assert!(server.terminate());
+    let tickets = env.tickets();
+    for subject in ["oauth-alice-1", "oauth-alice-2", "smtp-oauth", "oauth-bob"] {
+        assert_eq!(count_with(&tickets, subject), 1, "{subject}: {tickets:?}");
+    }
+    assert_eq!(tickets.len(), 4, "{tickets:?}");
+
+    // No token in the log (the finest level asked for) or the status, bare or as the base64
+    // XOAUTH2 response that carries it.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("IMAP account failed"),
+        "the failures are logged"
+    );
+    use base64::Engine;
+    for (user, token) in [
+        ("alice", ALICE_TOKEN),
+        ("bob", BOB_TOKEN),
+        ("bob", STALE_TOKEN),
+    ] {
+        let response = base64::engine::general_purpose::STANDARD
+            .encode(format!("user={user}\x01auth=Bearer {token}\x01\x01"));
+        for secret in [token, response.as_str()] {
+            assert!(!logged.contains(secret), "a token reached the log");
+            assert!(!text.contains(secret), "a token reached the status");
+        }
+    }
 }
 
 #[test]

@@ -11,7 +11,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::error::{describe, ImapError};
+use crate::error::{describe, server_text, ImapError};
 use crate::{AccountConfig, Secret, TlsMode};
 
 /// The byte stream under a session: TCP, or TLS over TCP.
@@ -180,7 +180,7 @@ async fn login<T: AsyncRead + AsyncWrite + Unpin + Send + Debug>(
     };
     result.map_err(|(e, _client)| match e {
         async_imap::error::Error::No(text) | async_imap::error::Error::Bad(text) => {
-            ImapError::Auth(format!("the server said: {text}"))
+            ImapError::Auth(format!("the server said: {}", server_text(&text)))
         }
         async_imap::error::Error::Validate(_) => ImapError::Auth(
             "the user name or secret holds a character IMAP cannot send (CR, LF or NUL)".to_owned(),
