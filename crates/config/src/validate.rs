@@ -251,11 +251,18 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
         if http.listen[..i].contains(addr) {
             c.fail("http.listen", Some(i), format!("`{addr}` is listed twice"));
         }
-        if config.smtp.listen.contains(addr) {
+        if let Some(j) = config.smtp.listen.iter().position(|a| a == addr) {
             c.fail(
                 "http.listen",
                 Some(i),
                 format!("`{addr}` is also in `smtp.listen`"),
+            );
+            // The same clash from the other side, so that it has a place in the file even
+            // when `http.listen` is not written there (its default clashes).
+            c.fail(
+                "smtp.listen",
+                Some(j),
+                format!("`{addr}` is also in `http.listen`"),
             );
         }
     }

@@ -332,7 +332,15 @@ fn analyze_inner(entry: &SpoolEntry, limits: &Limits) -> Result<Analysis, Reject
                 PartType::Html(h) => Some(h.to_string()),
                 _ => None,
             })
-            .or_else(|| repaired.values().find(|r| r.html).map(|r| r.text.clone()));
+            // The first repaired HTML part in document order (not in the map's order, which
+            // differs from one run to the next).
+            .or_else(|| {
+                repaired
+                    .iter()
+                    .filter(|(_, r)| r.html)
+                    .min_by_key(|(id, _)| **id)
+                    .map(|(_, r)| r.text.clone())
+            });
         let texts: Vec<String> = message
             .text_body
             .iter()
