@@ -69,74 +69,56 @@ fn ticket_detail(env: &Env, subject: &str) -> serde_json::Value {
     env.cli_json(&["tickets", "show", &id, "--json"])
 }
 
-#[test]
-fn slowloris_command_is_closed_by_the_idle_timeout() {
-    let env = Env::no_filter("idle_timeout_secs = 1\ndata_timeout_secs = 1");
+/// A slow loris against `env`'s server: `prepare` readies its session, then it sends one byte
+/// every `every` for up to 15 s, never finishing, while another client is served before and
+/// after. The session must get `421 4.4.2` within 5 s, with memory bounded.
+fn slowloris(env: &Env, prepare: fn(&mut Smtp), every: Duration, what: &str) {
     let server = env.serve();
     let addr = server.smtp;
-    // The attacker: a greeting, then one byte of a command line every 200 ms, never a LF.
     let attacker = std::thread::spawn(move || {
         let mut s = Smtp::connect(addr);
+        prepare(&mut s);
         let started = Instant::now();
-        for _ in 0..50 {
+        while started.elapsed() < Duration::from_secs(15) {
             if s.try_send_raw(b"X").is_err() {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(200));
-            if started.elapsed() > Duration::from_secs(10) {
-                break;
-            }
+            std::thread::sleep(every);
         }
         (started.elapsed(), s.read_to_close())
     });
-    // Meanwhile another client is served.
-    normal_client_works(&server, "While the loris crawls");
+    normal_client_works(&server, &format!("While the {what} crawls"));
     let (elapsed, rest) = attacker.join().expect("attacker thread");
     assert!(
         rest.contains("421 4.4.2"),
-        "the trickling session gets a timeout reply: {rest:?}"
+        "the trickling session ({what}) gets a timeout reply: {rest:?}"
     );
     assert!(
         elapsed < Duration::from_secs(5),
-        "the trickling session was kept open for {elapsed:?} with idle_timeout_secs = 1"
+        "the trickling session ({what}) was kept open for {elapsed:?}"
     );
-    normal_client_works(&server, "After the loris");
-    assert_rss_bounded(&server, "slowloris");
+    normal_client_works(&server, &format!("After the {what}"));
+    assert_rss_bounded(&server, what);
+}
+
+#[test]
+fn slowloris_command_is_closed_by_the_idle_timeout() {
+    // One byte of a command line every 200 ms, never a LF: the line must come within 1 s.
+    let env = Env::no_filter("idle_timeout_secs = 1\ndata_timeout_secs = 1");
+    slowloris(&env, |_| {}, Duration::from_millis(200), "command loris");
 }
 
 #[test]
 fn slowloris_inside_data_is_closed_by_the_minimum_data_rate() {
-    // Each byte would restart the 1 s data timeout; the minimum rate ends the session anyway.
+    // Each byte would restart the 1 s data timeout; at 3 bytes/s, well under the minimum of
+    // 1000, the rate rule ends the session anyway.
     let env = Env::no_filter("data_timeout_secs = 1\nmin_data_rate = 1000");
-    let server = env.serve();
-    let addr = server.smtp;
-    let attacker = std::thread::spawn(move || {
-        let mut s = Smtp::connect(addr);
+    let into_data = |s: &mut Smtp| {
         assert_eq!(s.cmd("EHLO loris.test").code, 250);
-        start_data(&mut s, "loris@example.net");
-        let started = Instant::now();
-        // A header line, then a byte every 300 ms: 3 bytes/s, well under 1000.
-        let _ = s.try_send_raw(b"Subject: trickle\r\n\r\n");
-        while started.elapsed() < Duration::from_secs(15) {
-            if s.try_send_raw(b"x").is_err() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        (started.elapsed(), s.read_to_close())
-    });
-    normal_client_works(&server, "While the data loris crawls");
-    let (elapsed, rest) = attacker.join().expect("attacker thread");
-    assert!(
-        rest.contains("421 4.4.2"),
-        "the trickling session gets a timeout reply: {rest:?}"
-    );
-    assert!(
-        elapsed < Duration::from_secs(5),
-        "the trickling DATA was kept open for {elapsed:?} (data_timeout 1 s, 1000 bytes/s)"
-    );
-    normal_client_works(&server, "After the data loris");
-    assert_rss_bounded(&server, "data slowloris");
+        start_data(s, "loris@example.net");
+        s.send_raw(b"Subject: trickle\r\n\r\n");
+    };
+    slowloris(&env, into_data, Duration::from_millis(300), "data loris");
 }
 
 #[test]
