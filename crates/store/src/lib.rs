@@ -286,7 +286,9 @@ impl Store {
             db.flush()?;
         }
         let notify = Arc::new(tokio::sync::Notify::new());
-        let flusher = Flusher::start(db.clone(), notify.clone())?;
+        let log_path = db_dir.join("db");
+        let log = File::open(&log_path).map_err(|e| keys::io_err(&log_path, e))?;
+        let flusher = Flusher::start(db.clone(), Some(log), notify.clone())?;
         let spool_count = AtomicUsize::new(t.spool.len());
         let store = Store {
             inner: Arc::new(Inner {
