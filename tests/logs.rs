@@ -10,7 +10,9 @@ use serde_json::json;
 
 #[test]
 fn no_token_body_or_address_reaches_the_log() {
-    let env = Env::new("");
+    // The filter classifies (its code paths log too) but never quarantines: the message's
+    // score varies with the random parts of its Received: header, and the test needs a ticket.
+    let env = Env::with_config("", "", "[filter]\nham_cutoff = 0.99\nspam_cutoff = 1.0\n");
     let log = env.dir.path().join("server.log");
     let server = env.serve_logging(
         &log,
