@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -183,11 +184,20 @@ impl Server {
             .map(|e| e.path().join("faketime/libfaketimeMT.so.1"))
             .find(|p| p.is_file())
             .expect("libfaketime is not installed: run scripts/test, which installs it");
+        Server::start_with_env(
+            config,
+            &[
+                ("LD_PRELOAD", lib.as_os_str()),
+                ("FAKETIME", OsStr::new(offset)),
+                ("FAKETIME_DONT_FAKE_MONOTONIC", OsStr::new("1")),
+            ],
+        )
+    }
+
+    /// Start the server with these extra environment variables (e.g. an `LD_PRELOAD` shim).
+    pub fn start_with_env(config: &Path, env: &[(&str, &OsStr)]) -> Server {
         let mut command = Command::new(bin());
-        command
-            .env("LD_PRELOAD", lib)
-            .env("FAKETIME", offset)
-            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        command.envs(env.iter().copied());
         Server::start_command(command, config, None)
     }
 

@@ -288,7 +288,7 @@ impl Store {
         let notify = Arc::new(tokio::sync::Notify::new());
         let log_path = db_dir.join("db");
         let log = File::open(&log_path).map_err(|e| keys::io_err(&log_path, e))?;
-        let flusher = Flusher::start(db.clone(), Some(log), notify.clone())?;
+        let flusher = Flusher::start(db.clone(), &db_dir, Some(log), notify.clone())?;
         let spool_count = AtomicUsize::new(t.spool.len());
         let store = Store {
             inner: Arc::new(Inner {
