@@ -106,7 +106,7 @@ pub struct StoreConfig {
     /// `store.spool_key_lifetime_hours`: how long one spool encryption key is used before
     /// a new one is made (default 24, 1 to 720). See [`StoreConfig::spool_key_lifetime`].
     pub spool_key_lifetime_hours: u64,
-    /// `store.cache_mb`: the store's page cache in MiB (default 64, 8 to 65536). It bounds the
+    /// `store.cache_mb`: the store's page cache in MiB (default 16, 8 to 65536). It bounds the
     /// memory the store uses for its data.
     pub cache_mb: u64,
 }
@@ -117,7 +117,7 @@ impl Default for StoreConfig {
             path: PathBuf::from("data"),
             spool_max_entries: 10_000,
             spool_key_lifetime_hours: 24,
-            cache_mb: 64,
+            cache_mb: 16,
         }
     }
 }

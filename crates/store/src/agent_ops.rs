@@ -30,7 +30,8 @@ use crate::model::{
 };
 use crate::records::{
     be, be2, decode, encode, frame, from_be, tree, unframe, AttachmentMeta, AttachmentSecret,
-    MessageMeta, MessageSecret, QuarantineMeta, QuarantineSecret, TicketMeta, TicketSecret,
+    BlobMeta, MessageMeta, MessageSecret, QuarantineMeta, QuarantineSecret, TicketMeta,
+    TicketSecret,
 };
 use crate::{Result, Store, StoreError};
 
@@ -629,7 +630,7 @@ impl Store {
                     if quarantine.remove(&be(id))?.is_none() {
                         return Ok(None);
                     }
-                    messages.remove(&be(id))?;
+                    let message_value = messages.remove(&be(id))?;
                     for (k, blob) in &mine {
                         attachments.remove(k.clone())?;
                         blob_refs.remove(blob_ref(blob, k))?;
@@ -648,13 +649,18 @@ impl Store {
                             }
                         }
                     }
-                    Ok(Some(saved))
+                    Ok(Some((saved, message_value)))
                 },
             )
             .map_err(crate::spool::tx_error)?;
-        let Some(saved) = removed else {
+        let Some((saved, message_value)) = removed else {
             return Ok(false);
         };
+        if let Some(value) = message_value {
+            if let Ok((_, sealed)) = unframe::<MessageMeta>(&value) {
+                self.drop_stowed_logged(sealed, tree::MESSAGES, &be(id));
+            }
+        }
         // A message committed between the scan above and the transaction may have started to
         // use one of the removed blobs (same sender, same content): put such a blob back.
         for (blob, value) in saved {
@@ -667,6 +673,12 @@ impl Store {
                         Ok::<_, ConflictableTransactionError<StoreError>>(())
                     })
                     .map_err(crate::spool::tx_error)?;
+            }
+            // Unless it was put back, the removed blob's chunks go.
+            if t.blobs.get(blob)?.as_ref() != Some(&value) {
+                if let Ok((_, sealed)) = unframe::<BlobMeta>(&value) {
+                    self.drop_stowed_logged(sealed, tree::BLOBS, &blob);
+                }
             }
         }
         self.inner.flusher.durable_blocking(false)?;

@@ -326,7 +326,8 @@ impl Store {
                 let StoreError::KeyMissing(_) = e else {
                     return Err(e);
                 };
-                t.spool.remove(k)?;
+                t.spool.remove(&k)?;
+                self.drop_stowed_logged(sealed, tree::SPOOL, &k);
                 self.inner
                     .spool_count
                     .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);

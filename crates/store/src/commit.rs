@@ -171,6 +171,8 @@ impl Store {
             &be(message),
             &[&head, &m.raw],
         )?;
+        // From here on, a large body is in the bulk tree: `Plan::discard` drops it again.
+        let message_sealed = self.stow(tree::MESSAGES, &be(message), message_sealed)?;
         let attachment_count = u32::try_from(d.attachments.len())
             .map_err(|_| StoreError::Corrupt("too many attachments".into()))?;
         let message_meta = MessageMeta {
@@ -220,15 +222,16 @@ impl Store {
                 if t.blobs.contains_key(blob)? {
                     old_blobs.insert(blob);
                 } else {
-                    let mut value = crate::records::frame_head(
+                    let sealed = crypto::seal(&key, person, tree::BLOBS, &blob, &a.data)?;
+                    let stored = self.stow(tree::BLOBS, &blob, sealed)?;
+                    let value = frame(
                         &BlobMeta {
                             contact,
                             size: a.data.len() as u64,
                             created_at: now,
                         },
-                        crypto::HEADER_LEN + a.data.len() + 16,
+                        &stored,
                     )?;
-                    crypto::seal_into(&mut value, &key, person, tree::BLOBS, &blob, &[&a.data])?;
                     new_blobs.push((blob, value));
                 }
             }
@@ -279,6 +282,32 @@ impl Store {
         })
     }
 
+    /// Drop the chunks a plan stowed (its transaction did not run or stored nothing).
+    fn discard_stowed(&self, p: &Plan) {
+        self.drop_stowed_logged(&p.message_sealed, tree::MESSAGES, &be(p.message));
+        for (blob, value) in &p.new_blobs {
+            if let Ok((_, sealed)) = unframe::<BlobMeta>(value) {
+                self.drop_stowed_logged(sealed, tree::BLOBS, blob);
+            }
+        }
+    }
+
+    /// After a stored plan: a new blob that another message stored first (the transaction kept
+    /// the one there) leaves this plan's chunks unused.
+    fn keep_stowed_blobs(&self, p: &Plan) {
+        for (blob, value) in &p.new_blobs {
+            let live = match self.inner.t.blobs.get(blob) {
+                Ok(live) => live,
+                Err(_) => continue,
+            };
+            if live.as_deref() != Some(value.as_slice()) {
+                if let Ok((_, sealed)) = unframe::<BlobMeta>(value) {
+                    self.drop_stowed_logged(sealed, tree::BLOBS, blob);
+                }
+            }
+        }
+    }
+
     pub(crate) fn commit(&self, spool_id: SpoolId, d: &Delivery) -> Result<CommitOutcome> {
         let address = normalize_address(&d.from.address);
         for _ in 0..MAX_PLANS {
@@ -287,7 +316,7 @@ impl Store {
             }
             let plan = self.plan(spool_id, d, &address)?;
             let result = self.run_commit(spool_id, d, &plan);
-            let keep_key = matches!(result, Ok(CommitOutcome::Stored { .. }));
+            let keep_key = matches!(result, Ok((CommitOutcome::Stored { .. }, _)));
             if plan.new_contact && !keep_key {
                 // The key was made for a contact that this commit did not create.
                 if let Err(e) = self.inner.keys.destroy_person_key(plan.contact) {
@@ -295,15 +324,29 @@ impl Store {
                 }
             }
             match result {
-                Ok(outcome) => {
+                Ok((outcome, removed)) => {
                     if let CommitOutcome::Stored { .. } = outcome {
                         self.inner.spool_count.fetch_sub(1, Ordering::SeqCst);
+                        // The spool entry is gone, and so are any of its chunks.
+                        if let Some(value) = removed {
+                            self.drop_spool_value(spool_id.0, &value);
+                        }
+                        self.keep_stowed_blobs(&plan);
                         self.inner.flusher.durable_blocking(false)?;
+                    } else {
+                        self.discard_stowed(&plan);
                     }
                     return Ok(outcome);
                 }
-                Err(TransactionError::Abort(Abort::Replan)) => continue,
-                Err(TransactionError::Abort(Abort::Store(e))) => return Err(e),
+                Err(TransactionError::Abort(Abort::Replan)) => {
+                    self.discard_stowed(&plan);
+                    continue;
+                }
+                Err(TransactionError::Abort(Abort::Store(e))) => {
+                    self.discard_stowed(&plan);
+                    return Err(e);
+                }
+                // Whether it took is not known: the plan's chunks stay.
                 Err(TransactionError::Storage(e)) => return Err(e.into()),
             }
         }
@@ -317,7 +360,7 @@ impl Store {
         spool_id: SpoolId,
         d: &Delivery,
         p: &Plan,
-    ) -> std::result::Result<CommitOutcome, TransactionError<Abort>> {
+    ) -> std::result::Result<(CommitOutcome, Option<sled::IVec>), TransactionError<Abort>> {
         let t = &self.inner.t;
         let trees = (
             &t.spool,
@@ -352,7 +395,7 @@ impl Store {
                 quarantine,
             )| {
                 if spool.get(be(spool_id.0))?.is_none() {
-                    return Ok(CommitOutcome::AlreadyProcessed);
+                    return Ok((CommitOutcome::AlreadyProcessed, None));
                 }
                 // Contact.
                 let indexed = match contact_idx.get(p.contact_hash)? {
@@ -493,12 +536,15 @@ impl Store {
                     r.extend_from_slice(&a.key);
                     blob_refs.insert(r, &[][..])?;
                 }
-                spool.remove(&be(spool_id.0))?;
-                Ok(CommitOutcome::Stored {
-                    ticket: ticket.map(TicketId),
-                    message: MessageKey(p.message),
-                    new_ticket,
-                })
+                let removed = spool.remove(&be(spool_id.0))?;
+                Ok((
+                    CommitOutcome::Stored {
+                        ticket: ticket.map(TicketId),
+                        message: MessageKey(p.message),
+                        new_ticket,
+                    },
+                    removed,
+                ))
             },
         )
     }

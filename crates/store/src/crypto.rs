@@ -114,11 +114,13 @@ pub(crate) fn seal(
 }
 
 /// The key a sealed value says it is encrypted under (read from its header, not verified).
+/// A stub of a chunked value ([`crate::bulk`]) names its key in the same place.
 pub(crate) fn key_ref(sealed: &[u8]) -> Result<KeyRef> {
-    if sealed.len() < HEADER_LEN + TAG_LEN {
+    let stub = crate::bulk::is_stub(sealed);
+    if !stub && sealed.len() < HEADER_LEN + TAG_LEN {
         return Err(StoreError::Corrupt("sealed value too short".into()));
     }
-    if sealed[0] != VERSION {
+    if !stub && sealed[0] != VERSION {
         return Err(StoreError::Corrupt(format!(
             "unknown envelope version {}",
             sealed[0]

@@ -270,6 +270,10 @@ impl Store {
                     Ok::<_, ConflictableTransactionError<StoreError>>(true)
                 })
                 .map_err(tx_error)?;
+            if !fresh {
+                // Spooled before: this copy's chunks (if any) go.
+                self.drop_spool_value(id, &value);
+            }
             Ok::<_, StoreError>((fresh.then_some(SpoolId(id)), rotated))
         })();
         match inserted {
@@ -303,16 +307,15 @@ impl Store {
         let removed = (&t.spool, &t.imap_seen)
             .transaction(|(spool, seen)| {
                 seen.remove(key.as_slice())?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(
-                    spool.remove(&be(id.0))?.is_some(),
-                )
+                Ok::<_, ConflictableTransactionError<StoreError>>(spool.remove(&be(id.0))?)
             })
             .map_err(tx_error);
         match removed {
-            Ok(true) => {
+            Ok(Some(value)) => {
                 self.inner.spool_count.fetch_sub(1, Ordering::SeqCst);
+                self.drop_spool_value(id.0, &value);
             }
-            Ok(false) => {}
+            Ok(None) => {}
             Err(e) => {
                 tracing::warn!(spool_id = %id, error = %e, "cannot take back an unconfirmed IMAP append")
             }

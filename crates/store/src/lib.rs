@@ -22,6 +22,7 @@
 mod agent_ops;
 mod audit;
 mod backup;
+mod bulk;
 mod commit;
 mod crypto;
 pub mod filter;
@@ -116,8 +117,8 @@ pub struct StoreOptions {
     pub cache_capacity_bytes: u64,
 }
 
-/// Default of [`StoreOptions::cache_capacity_bytes`]: 64 MiB.
-pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+/// Default of [`StoreOptions::cache_capacity_bytes`]: 16 MiB.
+pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 16 * 1024 * 1024;
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -160,6 +161,8 @@ struct Trees {
     agent_idx: sled::Tree,
     imap_state: sled::Tree,
     imap_seen: sled::Tree,
+    /// Chunks of large sealed values (see `bulk`).
+    bulk: sled::Tree,
 }
 
 struct Inner {
@@ -272,6 +275,7 @@ impl Store {
             agent_idx: db.open_tree(tree::AGENT_IDX)?,
             imap_state: db.open_tree(imap_state::STATE_TREE)?,
             imap_seen: db.open_tree(imap_state::SEEN_TREE)?,
+            bulk: db.open_tree(records::tree::BULK)?,
         };
         let filter = filter::FilterState::open(&t)?;
         let initialised = t.meta.contains_key(meta_key::INDEX_KEY)?;
@@ -460,6 +464,12 @@ impl Store {
         })
     }
 
+    /// How many chunks of large values the `bulk` tree holds (docs/memory.md). It walks the
+    /// whole tree: for tests and diagnosis, not for `stats`.
+    pub fn chunk_count(&self) -> Result<u64> {
+        Ok(self.inner.t.bulk.len() as u64)
+    }
+
     /// Flush everything to disk.
     pub fn flush(&self) -> Result<()> {
         self.inner.flusher.durable_blocking(false)
@@ -506,7 +516,8 @@ impl Store {
     /// Decrypt a sealed value stored under `tree`/`record_key` with the key its header names.
     fn open_sealed(&self, sealed: &[u8], tree: &str, record_key: &[u8]) -> Result<Vec<u8>> {
         let key = self.inner.keys.key(crypto::key_ref(sealed)?)?;
-        crypto::open(&key, sealed, tree, record_key)
+        let sealed = self.unstow(sealed, tree, record_key)?;
+        crypto::open(&key, &sealed, tree, record_key)
     }
 }
 

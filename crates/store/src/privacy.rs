@@ -473,14 +473,17 @@ impl Store {
         let counts = (spool.len() as u64, failed.len() as u64);
         if !dry_run {
             for k in spool {
-                if t.spool.remove(k)?.is_some() {
+                if let Some(value) = t.spool.remove(&k)? {
                     self.inner
                         .spool_count
                         .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    self.drop_spool_value(from_be(&k)?, &value);
                 }
             }
             for k in failed {
-                t.failed.remove(k)?;
+                if let Some(value) = t.failed.remove(k)? {
+                    self.drop_failed_value(&value);
+                }
             }
             self.inner.flusher.durable_blocking(false)?;
         }
@@ -510,7 +513,10 @@ impl Store {
             let (k, v) = item?;
             let (meta, sealed): (SpoolMeta, _) = unframe(&v)?;
             if let Some(new) = reseal(sealed, tree::SPOOL, &k)? {
-                t.spool.insert(k, frame(&meta, &new)?)?;
+                // New chunks first, then the record, then the old chunks (see `bulk`).
+                let new = self.stow(tree::SPOOL, &k, new)?;
+                t.spool.insert(&k, frame(&meta, &new)?)?;
+                self.drop_stowed(sealed, tree::SPOOL, &k)?;
             }
         }
         for item in t.failed.iter() {
@@ -520,14 +526,22 @@ impl Store {
             let (reason, payload) = tail.split_at(split);
             let reason =
                 reseal(reason, tree::FAILED_REASON, &k)?.unwrap_or_else(|| reason.to_vec());
-            let payload = reseal(payload, tree::SPOOL, &be(meta.spool_id))?
-                .unwrap_or_else(|| payload.to_vec());
+            let old_payload = payload;
+            let payload = match reseal(payload, tree::SPOOL, &be(meta.spool_id))? {
+                Some(new) => Some(self.stow(tree::SPOOL, &be(meta.spool_id), new)?),
+                None => None,
+            };
+            let resealed = payload.is_some();
+            let payload = payload.unwrap_or_else(|| old_payload.to_vec());
             meta.reason_len = u32::try_from(reason.len())
                 .map_err(|_| StoreError::Corrupt("reason too long".into()))?;
             let mut value = frame_head(&meta, reason.len() + payload.len())?;
             value.extend_from_slice(&reason);
             value.extend_from_slice(&payload);
-            t.failed.insert(k, value)?;
+            t.failed.insert(&k, value)?;
+            if resealed {
+                self.drop_stowed(old_payload, tree::SPOOL, &be(meta.spool_id))?;
+            }
         }
         self.inner.flusher.durable_blocking(false)?;
         self.inner.keys.destroy_spool_keys(&old)?;
@@ -610,6 +624,18 @@ impl Store {
     fn apply_removal(&self, removal: &Removal) -> Result<Removed> {
         let t = &self.inner.t;
         let blobs = self.doomed_blobs(removal)?;
+        // The values whose chunks go once their records are gone.
+        let mut stowed: Vec<(&str, Vec<u8>, sled::IVec)> = Vec::new();
+        for &m in &removal.messages {
+            if let Some(v) = t.messages.get(be(m))? {
+                stowed.push((tree::MESSAGES, be(m).to_vec(), v));
+            }
+        }
+        for b in &blobs {
+            if let Some(v) = t.blobs.get(b)? {
+                stowed.push((tree::BLOBS, b.to_vec(), v));
+            }
+        }
         let mut out = Removed {
             attachments: removal.attachments.len() as u64,
             blobs: blobs.len() as u64,
@@ -704,6 +730,16 @@ impl Store {
         t.participants.apply_batch(participants)?;
         t.tickets.apply_batch(tickets)?;
         t.messages.apply_batch(messages)?;
+        for (tree_name, key, value) in stowed {
+            // Both kinds of record are `frame(meta, sealed)`; only the tail matters here.
+            let sealed = match tree_name {
+                tree::MESSAGES => unframe::<MessageMeta>(&value).map(|(_, s)| s),
+                _ => unframe::<BlobMeta>(&value).map(|(_, s)| s),
+            };
+            if let Ok(sealed) = sealed {
+                self.drop_stowed(sealed, tree_name, &key)?;
+            }
+        }
         Ok(out)
     }
 

@@ -35,6 +35,8 @@ pub(crate) mod tree {
     pub(crate) const AUDIT: &str = "audit";
     pub(crate) const AGENTS: &str = "agents";
     pub(crate) const AGENT_IDX: &str = "agent_idx";
+    /// Chunks of large sealed values (see `bulk`).
+    pub(crate) const BULK: &str = "bulk";
 }
 
 /// Keys in the `meta` tree.

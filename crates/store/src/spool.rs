@@ -10,7 +10,7 @@ use sled::Transactional;
 use crate::crypto::{self, KeyRef};
 use crate::keys::now_secs;
 use crate::model::{FailedEntry, FailedId, SpoolEntry};
-use crate::records::{self, be, frame_head, tree, unframe, FailedMeta, SpoolMeta};
+use crate::records::{self, be, frame, frame_head, tree, unframe, FailedMeta, SpoolMeta};
 use crate::{Result, Store, StoreError};
 
 /// Shown in place of a field that cannot be decrypted.
@@ -48,17 +48,34 @@ impl Store {
             received_at: envelope.received_at,
             size: raw.len() as u64,
         };
-        let sealed_len = crypto::HEADER_LEN + inner.len() + raw.len() + 16;
-        let mut value = frame_head(&meta, sealed_len)?;
+        let mut sealed = Vec::with_capacity(crypto::HEADER_LEN + inner.len() + raw.len() + 16);
         crypto::seal_into(
-            &mut value,
+            &mut sealed,
             &key,
             key_ref,
             tree::SPOOL,
             &be(id),
             &[&inner, raw],
         )?;
-        Ok((value, rotated))
+        // A large payload goes to the bulk tree as chunks (not yet durable either).
+        let stored = self.stow(tree::SPOOL, &be(id), sealed)?;
+        Ok((frame(&meta, &stored)?, rotated))
+    }
+
+    /// Drop the chunks of the payload of the failed entry `value` (framed), if it has any.
+    pub(crate) fn drop_failed_value(&self, value: &[u8]) {
+        if let Ok((meta, tail)) = unframe::<FailedMeta>(value) {
+            if let Some(payload) = tail.get(meta.reason_len as usize..) {
+                self.drop_stowed_logged(payload, tree::SPOOL, &be(meta.spool_id));
+            }
+        }
+    }
+
+    /// Drop the chunks of the spool value `value` (framed) of spool id `id`, if it has any.
+    pub(crate) fn drop_spool_value(&self, id: u64, value: &[u8]) {
+        if let Ok((_, sealed)) = unframe::<SpoolMeta>(value) {
+            self.drop_stowed_logged(sealed, tree::SPOOL, &be(id));
+        }
     }
 
     /// Reserve a place, encrypt and insert a spool entry (not yet durable).
@@ -75,6 +92,7 @@ impl Store {
             let _gate = self.inner.keys.gate_shared();
             let id = self.inner.db.generate_id()?;
             let (value, rotated) = self.seal_spool_value(id, envelope, raw)?;
+            // (On a storage error its chunks stay: whether the insert took is not known.)
             self.inner.t.spool.insert(be(id), value)?;
             Ok((SpoolId(id), rotated))
         })();
@@ -104,8 +122,9 @@ impl Store {
     pub(crate) fn spool_unwind(&self, id: SpoolId) {
         let _gate = self.writing();
         match self.inner.t.spool.remove(be(id.0)) {
-            Ok(Some(_)) => {
+            Ok(Some(value)) => {
                 self.inner.spool_count.fetch_sub(1, Ordering::SeqCst);
+                self.drop_spool_value(id.0, &value);
             }
             Ok(None) => {}
             Err(e) => {
@@ -237,10 +256,17 @@ impl Store {
                 spool.insert(&be(spool_id), spool_value.as_slice())?;
                 Ok(true)
             })
-            .map_err(tx_error)?;
+            .map_err(tx_error);
         drop(gate);
-        if !moved {
-            return Err(StoreError::NotFound(format!("failed entry {}", id.0)));
+        match moved {
+            // The payload was re-sealed for the new spool id: the old one's chunks go.
+            Ok(true) => self.drop_stowed_logged(payload, tree::SPOOL, &be(meta.spool_id)),
+            Ok(false) => {
+                self.drop_spool_value(spool_id, &spool_value);
+                return Err(StoreError::NotFound(format!("failed entry {}", id.0)));
+            }
+            // Whether a failed transaction left anything is not known: its chunks stay.
+            Err(e) => return Err(e),
         }
         self.inner.spool_count.fetch_add(1, Ordering::SeqCst);
         self.inner.flusher.durable_blocking(true)?;
