@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Helper of benches/postfix-compare (see that script): drives Postfix's smtp-source at a fresh
-mailroom (as built, and with sled's sync_file_range made an fdatasync by an LD_PRELOAD shim) and
-at a fresh private Postfix instance, level by level, and writes the table.
+mailroom (and, with --fdatasync-shim, at one whose sync_file_range calls an LD_PRELOAD shim turns
+into fdatasync) and at a fresh private Postfix instance, level by level, and writes the table.
 
 For each level (concurrent sessions) and each server, on a fresh, empty instance:
 
@@ -22,7 +22,7 @@ For each level (concurrent sessions) and each server, on a fresh, empty instance
    active, deferred, hold and maildrop). They must equal warm-up + measured + probe messages
    that got 250.
    This shows that nothing acknowledged was only in the server's memory; a kill does not show
-   what a power loss would keep (that depends on fsync versus sync_file_range, see the script).
+   what a power loss would keep (that depends on the syncs: both servers fdatasync/fsync).
 """
 
 import argparse
@@ -500,8 +500,8 @@ def mib(kb):
 
 
 LABELS = {
-    "mailroom": "mailroom (as built)",
-    "mailroom-fdatasync": "mailroom, sled's sync_file_range -> fdatasync",
+    "mailroom": "mailroom",
+    "mailroom-fdatasync": "mailroom + shim (sled's sync_file_range -> fdatasync)",
     "postfix": "Postfix",
 }
 
