@@ -16,16 +16,21 @@ const WAIT: Duration = Duration::from_secs(30);
 const RSS_LIMIT_KIB: u64 = 200 * 1024;
 const RCPT: &str = "help@support.example.com";
 
-/// The server's resident set size (`VmRSS`), in KiB.
-fn rss_kib(server: &Server) -> u64 {
+/// A `kB` field of the server's `/proc/PID/status` (`VmRSS`, `VmHWM`), in KiB.
+fn status_kib(server: &Server, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
         .expect("the server process is alive");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/PID/status")
+        .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
+}
+
+/// The server's resident set size (`VmRSS`), in KiB.
+fn rss_kib(server: &Server) -> u64 {
+    status_kib(server, "VmRSS")
 }
 
 fn assert_rss_bounded(server: &Server, what: &str) {
@@ -561,14 +566,7 @@ fn attachment_names_with_traversal_are_stored_and_sanitised() {
 
 /// The server's peak resident set size (`VmHWM`), in KiB.
 fn hwm_kib(server: &Server) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
-        .expect("the server process is alive");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmHWM in /proc/PID/status")
+    status_kib(server, "VmHWM")
 }
 
 /// Large messages within the limit, one after another: memory must not grow with the bytes
