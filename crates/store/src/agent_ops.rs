@@ -657,9 +657,7 @@ impl Store {
             return Ok(false);
         };
         if let Some(value) = message_value {
-            if let Ok((_, sealed)) = unframe::<MessageMeta>(&value) {
-                self.drop_stowed_logged(sealed, tree::MESSAGES, &be(id));
-            }
+            self.drop_framed_logged::<MessageMeta>(&value, tree::MESSAGES, &be(id));
         }
         // A message committed between the scan above and the transaction may have started to
         // use one of the removed blobs (same sender, same content): put such a blob back.
@@ -676,9 +674,7 @@ impl Store {
             }
             // Unless it was put back, the removed blob's chunks go.
             if t.blobs.get(blob)?.as_ref() != Some(&value) {
-                if let Ok((_, sealed)) = unframe::<BlobMeta>(&value) {
-                    self.drop_stowed_logged(sealed, tree::BLOBS, &blob);
-                }
+                self.drop_framed_logged::<BlobMeta>(&value, tree::BLOBS, &blob);
             }
         }
         self.inner.flusher.durable_blocking(false)?;

@@ -28,7 +28,10 @@
 
 use std::borrow::Cow;
 
+use serde::de::DeserializeOwned;
+
 use crate::crypto;
+use crate::records::unframe;
 use crate::{Result, Store, StoreError};
 
 /// Sealed values up to this many bytes stay in their record.
@@ -167,6 +170,32 @@ impl Store {
     /// [`Store::drop_stowed`] where a failure only leaves unreachable chunks: logged.
     pub(crate) fn drop_stowed_logged(&self, value: &[u8], tree: &str, record_key: &[u8]) {
         if let Err(e) = self.drop_stowed(value, tree, record_key) {
+            tracing::warn!(tree, error = %e, "cannot drop the chunks of a removed value");
+        }
+    }
+
+    /// [`Store::drop_stowed`] for a record `frame(meta: M, sealed)` (a record that does not
+    /// unframe has no chunks this can find).
+    pub(crate) fn drop_framed<M: DeserializeOwned>(
+        &self,
+        record: &[u8],
+        tree: &str,
+        record_key: &[u8],
+    ) -> Result<()> {
+        match unframe::<M>(record) {
+            Ok((_, sealed)) => self.drop_stowed(sealed, tree, record_key),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// [`Store::drop_framed`], logged like [`Store::drop_stowed_logged`].
+    pub(crate) fn drop_framed_logged<M: DeserializeOwned>(
+        &self,
+        record: &[u8],
+        tree: &str,
+        record_key: &[u8],
+    ) {
+        if let Err(e) = self.drop_framed::<M>(record, tree, record_key) {
             tracing::warn!(tree, error = %e, "cannot drop the chunks of a removed value");
         }
     }

@@ -96,6 +96,10 @@ struct Plan {
     quarantine_value: Option<Vec<u8>>,
 }
 
+/// What a commit transaction did: its outcome, the spool entry it removed, and the plan's new
+/// blobs it found already stored (by another message meanwhile) and kept.
+type Committed = (CommitOutcome, Option<sled::IVec>, Vec<[u8; 32]>);
+
 impl Store {
     fn plan(&self, spool_id: SpoolId, d: &Delivery, address: &str) -> Result<Plan> {
         let t = &self.inner.t;
@@ -171,7 +175,7 @@ impl Store {
             &be(message),
             &[&head, &m.raw],
         )?;
-        // From here on, a large body is in the bulk tree: `Plan::discard` drops it again.
+        // From here on, a large body is in the bulk tree: `discard_stowed` drops it again.
         let message_sealed = self.stow(tree::MESSAGES, &be(message), message_sealed)?;
         let attachment_count = u32::try_from(d.attachments.len())
             .map_err(|_| StoreError::Corrupt("too many attachments".into()))?;
@@ -285,26 +289,13 @@ impl Store {
     /// Drop the chunks a plan stowed (its transaction did not run or stored nothing).
     fn discard_stowed(&self, p: &Plan) {
         self.drop_stowed_logged(&p.message_sealed, tree::MESSAGES, &be(p.message));
-        for (blob, value) in &p.new_blobs {
-            if let Ok((_, sealed)) = unframe::<BlobMeta>(value) {
-                self.drop_stowed_logged(sealed, tree::BLOBS, blob);
-            }
-        }
+        self.drop_new_blobs(p, |_| true);
     }
 
-    /// After a stored plan: a new blob that another message stored first (the transaction kept
-    /// the one there) leaves this plan's chunks unused.
-    fn keep_stowed_blobs(&self, p: &Plan) {
-        for (blob, value) in &p.new_blobs {
-            let live = match self.inner.t.blobs.get(blob) {
-                Ok(live) => live,
-                Err(_) => continue,
-            };
-            if live.as_deref() != Some(value.as_slice()) {
-                if let Ok((_, sealed)) = unframe::<BlobMeta>(value) {
-                    self.drop_stowed_logged(sealed, tree::BLOBS, blob);
-                }
-            }
+    /// Drop the chunks of the plan's new blobs that `unused` picks.
+    fn drop_new_blobs(&self, p: &Plan, unused: impl Fn(&[u8; 32]) -> bool) {
+        for (blob, value) in p.new_blobs.iter().filter(|(b, _)| unused(b)) {
+            self.drop_framed_logged::<BlobMeta>(value, tree::BLOBS, blob);
         }
     }
 
@@ -316,7 +307,7 @@ impl Store {
             }
             let plan = self.plan(spool_id, d, &address)?;
             let result = self.run_commit(spool_id, d, &plan);
-            let keep_key = matches!(result, Ok((CommitOutcome::Stored { .. }, _)));
+            let keep_key = matches!(result, Ok((CommitOutcome::Stored { .. }, ..)));
             if plan.new_contact && !keep_key {
                 // The key was made for a contact that this commit did not create.
                 if let Err(e) = self.inner.keys.destroy_person_key(plan.contact) {
@@ -324,14 +315,16 @@ impl Store {
                 }
             }
             match result {
-                Ok((outcome, removed)) => {
+                Ok((outcome, removed, kept_existing)) => {
                     if let CommitOutcome::Stored { .. } = outcome {
                         self.inner.spool_count.fetch_sub(1, Ordering::SeqCst);
                         // The spool entry is gone, and so are any of its chunks.
                         if let Some(value) = removed {
                             self.drop_spool_value(spool_id.0, &value);
                         }
-                        self.keep_stowed_blobs(&plan);
+                        // A new blob that another message stored first (the transaction kept
+                        // that one) leaves this plan's chunks unused.
+                        self.drop_new_blobs(&plan, |b| kept_existing.contains(b));
                         self.inner.flusher.durable_blocking(false)?;
                     } else {
                         self.discard_stowed(&plan);
@@ -360,7 +353,7 @@ impl Store {
         spool_id: SpoolId,
         d: &Delivery,
         p: &Plan,
-    ) -> std::result::Result<(CommitOutcome, Option<sled::IVec>), TransactionError<Abort>> {
+    ) -> std::result::Result<Committed, TransactionError<Abort>> {
         let t = &self.inner.t;
         let trees = (
             &t.spool,
@@ -395,7 +388,7 @@ impl Store {
                 quarantine,
             )| {
                 if spool.get(be(spool_id.0))?.is_none() {
-                    return Ok((CommitOutcome::AlreadyProcessed, None));
+                    return Ok((CommitOutcome::AlreadyProcessed, None, Vec::new()));
                 }
                 // Contact.
                 let indexed = match contact_idx.get(p.contact_hash)? {
@@ -513,9 +506,12 @@ impl Store {
                         return replan();
                     }
                 }
+                let mut kept_existing = Vec::new();
                 for (blob, value) in &p.new_blobs {
                     if blobs.get(blob)?.is_none() {
                         blobs.insert(&blob[..], value.as_slice())?;
+                    } else {
+                        kept_existing.push(*blob);
                     }
                 }
                 for a in &p.attachments {
@@ -544,6 +540,7 @@ impl Store {
                         new_ticket,
                     },
                     removed,
+                    kept_existing,
                 ))
             },
         )

@@ -526,21 +526,18 @@ impl Store {
             let (reason, payload) = tail.split_at(split);
             let reason =
                 reseal(reason, tree::FAILED_REASON, &k)?.unwrap_or_else(|| reason.to_vec());
-            let old_payload = payload;
-            let payload = match reseal(payload, tree::SPOOL, &be(meta.spool_id))? {
-                Some(new) => Some(self.stow(tree::SPOOL, &be(meta.spool_id), new)?),
-                None => None,
-            };
-            let resealed = payload.is_some();
-            let payload = payload.unwrap_or_else(|| old_payload.to_vec());
+            let resealed = reseal(payload, tree::SPOOL, &be(meta.spool_id))?
+                .map(|new| self.stow(tree::SPOOL, &be(meta.spool_id), new))
+                .transpose()?;
+            let new_payload = resealed.as_deref().unwrap_or(payload);
             meta.reason_len = u32::try_from(reason.len())
                 .map_err(|_| StoreError::Corrupt("reason too long".into()))?;
-            let mut value = frame_head(&meta, reason.len() + payload.len())?;
+            let mut value = frame_head(&meta, reason.len() + new_payload.len())?;
             value.extend_from_slice(&reason);
-            value.extend_from_slice(&payload);
+            value.extend_from_slice(new_payload);
             t.failed.insert(&k, value)?;
-            if resealed {
-                self.drop_stowed(old_payload, tree::SPOOL, &be(meta.spool_id))?;
+            if resealed.is_some() {
+                self.drop_stowed(payload, tree::SPOOL, &be(meta.spool_id))?;
             }
         }
         self.inner.flusher.durable_blocking(false)?;
@@ -624,16 +621,17 @@ impl Store {
     fn apply_removal(&self, removal: &Removal) -> Result<Removed> {
         let t = &self.inner.t;
         let blobs = self.doomed_blobs(removal)?;
-        // The values whose chunks go once their records are gone.
-        let mut stowed: Vec<(&str, Vec<u8>, sled::IVec)> = Vec::new();
+        // The records whose chunks go once the records are gone.
+        let mut gone_messages = Vec::new();
         for &m in &removal.messages {
             if let Some(v) = t.messages.get(be(m))? {
-                stowed.push((tree::MESSAGES, be(m).to_vec(), v));
+                gone_messages.push((m, v));
             }
         }
+        let mut gone_blobs = Vec::new();
         for b in &blobs {
             if let Some(v) = t.blobs.get(b)? {
-                stowed.push((tree::BLOBS, b.to_vec(), v));
+                gone_blobs.push((*b, v));
             }
         }
         let mut out = Removed {
@@ -730,15 +728,11 @@ impl Store {
         t.participants.apply_batch(participants)?;
         t.tickets.apply_batch(tickets)?;
         t.messages.apply_batch(messages)?;
-        for (tree_name, key, value) in stowed {
-            // Both kinds of record are `frame(meta, sealed)`; only the tail matters here.
-            let sealed = match tree_name {
-                tree::MESSAGES => unframe::<MessageMeta>(&value).map(|(_, s)| s),
-                _ => unframe::<BlobMeta>(&value).map(|(_, s)| s),
-            };
-            if let Ok(sealed) = sealed {
-                self.drop_stowed(sealed, tree_name, &key)?;
-            }
+        for (m, value) in gone_messages {
+            self.drop_framed::<MessageMeta>(&value, tree::MESSAGES, &be(m))?;
+        }
+        for (b, value) in gone_blobs {
+            self.drop_framed::<BlobMeta>(&value, tree::BLOBS, &b)?;
         }
         Ok(out)
     }

@@ -73,9 +73,7 @@ impl Store {
 
     /// Drop the chunks of the spool value `value` (framed) of spool id `id`, if it has any.
     pub(crate) fn drop_spool_value(&self, id: u64, value: &[u8]) {
-        if let Ok((_, sealed)) = unframe::<SpoolMeta>(value) {
-            self.drop_stowed_logged(sealed, tree::SPOOL, &be(id));
-        }
+        self.drop_framed_logged::<SpoolMeta>(value, tree::SPOOL, &be(id));
     }
 
     /// Reserve a place, encrypt and insert a spool entry (not yet durable).
