@@ -159,11 +159,14 @@ impl Store {
         }
         let stub = decode(value);
         let p = prefix(tree, record_key, stub.generation)?;
-        let mut batch = sled::Batch::default();
+        // One remove per chunk, not a `sled::Batch`: sled writes a batch as a transaction, which
+        // seals and writes the current log buffer twice (`roll_iobuf`, then the batch manifest)
+        // - two more pwrite + sync_file_range per message on the accept path. Nothing needs the
+        // removes to be atomic: an interrupted drop leaves unreachable chunks, as a failed one
+        // does.
         for i in 0..stub.chunks {
-            batch.remove(chunk_key(&p, i));
+            self.inner.t.bulk.remove(chunk_key(&p, i))?;
         }
-        self.inner.t.bulk.apply_batch(batch)?;
         Ok(())
     }
 
