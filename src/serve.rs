@@ -151,6 +151,7 @@ pub fn smtp_config(config: &Config) -> anyhow::Result<SmtpConfig> {
         max_recipients: s.max_recipients,
         max_line_length: s.max_line_length,
         max_connections: s.max_connections,
+        max_message_memory: s.max_message_memory,
         max_errors: s.max_errors,
         idle_timeout: s.idle_timeout(),
         data_timeout: s.data_timeout(),

@@ -604,3 +604,60 @@ fn a_stream_of_large_messages_keeps_memory_bounded() {
     );
     normal_client_works(&server, "After the large ones");
 }
+
+/// The gauge `mailroom_smtp_message_memory_bytes` from `/metrics`.
+fn message_memory(server: &Server, admin: &str) -> u64 {
+    let r = server.api().get("/metrics", Some(admin));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+        .lines()
+        .find_map(|l| l.strip_prefix("mailroom_smtp_message_memory_bytes "))
+        .map_or(0, |v| v.trim().parse::<f64>().expect("a number") as u64)
+}
+
+/// Large messages arriving at once share `smtp.max_message_memory`: one that does not fit
+/// beside the others is read, dropped and answered `452 4.3.1`, and gets through when retried.
+#[test]
+fn concurrent_large_messages_share_a_bounded_memory_and_the_refused_one_retries() {
+    const MIB: u64 = 1024 * 1024;
+    let env = Env::no_filter("max_message_memory = 1048576");
+    let (_, admin) = env.token("admin-1", "admin", None);
+    let server = env.serve();
+    let line = format!("{}\r\n", "0123456789abcdef".repeat(62)); // 994 octets
+    let big = |subject: &str, mib: usize| {
+        let body = line.repeat(mib * 1024 * 1024 / line.len());
+        message("big@example.org", subject, "", &body)
+    };
+    // A: 3 MiB sent, the end of data not yet.
+    let mut a = server.connect();
+    assert_eq!(a.cmd("EHLO a.example.org").code, 250);
+    start_data(&mut a, "a@example.org");
+    a.send_raw(&common::dot_stuff(&big("Held", 3)));
+    // The server has read over a MiB of it (the pool's cap): wait for the gauge to say so.
+    let deadline = Instant::now() + WAIT;
+    let mut held = message_memory(&server, &admin);
+    while held < MIB {
+        assert!(
+            Instant::now() < deadline,
+            "the server holds only {held} bytes of A"
+        );
+        std::thread::yield_now();
+        held = message_memory(&server, &admin);
+    }
+    // B: 2 MiB does not fit beside A.
+    let mut b = server.connect();
+    assert_eq!(b.cmd("EHLO b.example.org").code, 250);
+    let refused = big("Refused first", 2);
+    let r = b.send_mail("b@example.org", &[RCPT], &refused);
+    assert_eq!(r.code, 452, "{r:?}");
+    assert!(r.text().contains("4.3.1"), "{r:?}");
+    // A ends and is stored; then B's retry gets through, and nothing stays held.
+    a.send_raw(b".\r\n");
+    assert_eq!(a.reply().code, 250);
+    let r = b.send_mail("b@example.org", &[RCPT], &refused);
+    assert_eq!(r.code, 250, "the retry: {r:?}");
+    assert_eq!(message_memory(&server, &admin), 0);
+    let stats = env.wait_processed(Duration::from_secs(120));
+    assert_eq!(stats["messages"], 2, "{stats}");
+    assert_rss_bounded(&server, "two large messages at once");
+}

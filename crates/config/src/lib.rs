@@ -155,6 +155,11 @@ pub struct SmtpConfig {
     /// `smtp.max_connections`: the most simultaneous SMTP sessions (default 256,
     /// 1 to 100,000). Further connections wait until a session ends.
     pub max_connections: usize,
+    /// `smtp.max_message_memory`: the most bytes of message content that all SMTP sessions
+    /// together hold in memory before the spool has stored it (default 134217728 = 128 MiB,
+    /// 1 MiB to 64 GiB). A message that does not fit is read to its end, dropped and answered
+    /// `452 4.3.1` (the sender retries later); a message alone always fits.
+    pub max_message_memory: usize,
     /// `smtp.max_errors`: how many failed commands a session may send before it is
     /// closed (default 10, 1 to 1000).
     pub max_errors: usize,
@@ -193,6 +198,7 @@ impl Default for SmtpConfig {
             max_recipients: 100,
             max_line_length: 65_536,
             max_connections: 256,
+            max_message_memory: 134_217_728,
             max_errors: 10,
             idle_timeout_secs: 300,
             data_timeout_secs: 600,

@@ -189,6 +189,12 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
     c.range("smtp.max_recipients", smtp.max_recipients, 1, 10_000);
     c.range("smtp.max_line_length", smtp.max_line_length, 998, 16 * MIB);
     c.range("smtp.max_connections", smtp.max_connections, 1, 100_000);
+    c.range(
+        "smtp.max_message_memory",
+        smtp.max_message_memory,
+        MIB,
+        65_536 * MIB,
+    );
     c.range("smtp.max_errors", smtp.max_errors, 1, 1000);
     c.range("smtp.idle_timeout_secs", smtp.idle_timeout_secs, 1, 3600);
     c.range("smtp.data_timeout_secs", smtp.data_timeout_secs, 1, 3600);

@@ -62,6 +62,7 @@ fn defaults_are_the_documented_values() {
     assert_eq!(c.smtp.max_recipients, 100);
     assert_eq!(c.smtp.max_line_length, 65_536);
     assert_eq!(c.smtp.max_connections, 256);
+    assert_eq!(c.smtp.max_message_memory, 128 << 20);
     assert_eq!(c.smtp.max_errors, 10);
     assert_eq!(c.smtp.idle_timeout(), Duration::from_secs(300));
     assert_eq!(c.smtp.data_timeout(), Duration::from_secs(600));
@@ -149,7 +150,7 @@ fn example_lists_every_key_of_every_section_with_a_comment() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 4 + 14 + 4 + 7 + 7 + 2 + 5);
+    assert_eq!(checked, 4 + 15 + 4 + 7 + 7 + 2 + 5);
 }
 
 /// An `[[imap]]` account with every optional key set, so that none is skipped when serialized.
@@ -404,6 +405,7 @@ fn every_numeric_key_is_checked_at_both_ends_of_its_range() {
         ("smtp", "max_recipients", 1, 10_000),
         ("smtp", "max_line_length", 998, 16 << 20),
         ("smtp", "max_connections", 1, 100_000),
+        ("smtp", "max_message_memory", 1 << 20, 1 << 36),
         ("smtp", "max_errors", 1, 1000),
         ("smtp", "idle_timeout_secs", 1, 3600),
         ("smtp", "data_timeout_secs", 1, 3600),

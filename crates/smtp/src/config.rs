@@ -32,6 +32,10 @@ pub struct SmtpConfig {
     pub max_line_length: usize,
     /// Most concurrent sessions; more connections get `421 4.3.2` and are closed.
     pub max_connections: usize,
+    /// Most bytes of message content all sessions together may buffer before the spool has
+    /// it (see [`crate::MessageMemory`]); a message that does not fit gets `452 4.3.1`.
+    /// A message alone always fits, whatever its size up to `max_message_size`.
+    pub max_message_memory: usize,
     /// Client errors (4xx/5xx replies to its commands) tolerated in one session; one more
     /// gets `421 4.7.0` and the connection is closed.
     pub max_errors: usize,
@@ -56,7 +60,7 @@ pub struct SmtpConfig {
 impl SmtpConfig {
     /// A configuration with sensible defaults for `hostname` serving `domains`:
     /// 25 MiB messages, 100 recipients (the RFC 5321 minimum), 4096-octet lines,
-    /// 256 connections, 10 errors, 5 minute idle and 3 minute data timeouts (RFC 5321
+    /// 256 connections, 128 MiB of message content in memory, 10 errors, 5 minute idle and 3 minute data timeouts (RFC 5321
     /// §4.5.3.2), a minimum data rate of 500 bytes/s, 30 s shutdown grace, no TLS.
     pub fn new(hostname: impl Into<String>, domains: Vec<String>) -> Self {
         Self {
@@ -66,6 +70,7 @@ impl SmtpConfig {
             max_recipients: 100,
             max_line_length: 4096,
             max_connections: 256,
+            max_message_memory: 128 * 1024 * 1024,
             max_errors: 10,
             idle_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
@@ -95,6 +100,9 @@ impl SmtpConfig {
         }
         if self.max_connections == 0 {
             return bad("max_connections must be positive");
+        }
+        if self.max_message_memory == 0 {
+            return bad("max_message_memory must be positive");
         }
         if self.idle_timeout.is_zero() || self.data_timeout.is_zero() {
             return bad("timeouts must be positive");

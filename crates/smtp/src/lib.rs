@@ -30,6 +30,7 @@
 //! | idle or data timeout | `421 4.4.2`, closed |
 //! | more than `max_errors` client errors | `421 4.7.0`, closed |
 //! | shutdown | `421 4.3.2`, closed |
+//! | content that does not fit beside other sessions' in `max_message_memory` (read, dropped) | `452 4.3.1` |
 //! | spool full | `451 4.3.2` |
 //! | spool closed or I/O error | `451 4.3.0` |
 //!
@@ -39,6 +40,7 @@
 #![deny(missing_docs)]
 
 mod config;
+mod memory;
 mod received;
 mod server;
 mod session;
@@ -47,6 +49,7 @@ pub use config::{
     check_key_permissions, load_tls, load_tls_checked, ConfigError, SmtpConfig, TlsError,
     MIN_LINE_LENGTH, TLS_VERSIONS,
 };
+pub use memory::{MemoryHold, MessageMemory};
 pub use server::run;
 pub use session::{Action, Delivery, Session};
 
@@ -60,4 +63,7 @@ pub mod metric_names {
     pub const REJECTED: &str = "mailroom_smtp_messages_rejected_total";
     /// Gauge: SMTP sessions open now.
     pub const SESSIONS: &str = "mailroom_smtp_sessions";
+    /// Gauge: bytes of message content that SMTP sessions hold in memory now, until the spool
+    /// has stored it (bounded by `smtp.max_message_memory`, [`crate::MessageMemory`]).
+    pub const MESSAGE_MEMORY: &str = "mailroom_smtp_message_memory_bytes";
 }

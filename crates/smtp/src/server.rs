@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::SmtpConfig;
+use crate::memory::MessageMemory;
 use crate::session::{Action, Delivery, Session};
 
 /// Size of each session's read buffer.
@@ -42,9 +43,9 @@ enum ServerState {
 /// Serve SMTP on `listeners` until `shutdown` resolves, handing accepted mail to `spool`.
 ///
 /// Each new session takes a snapshot of the current `config`, so a reload affects new
-/// sessions only (`max_connections` is adjusted on reload too; an invalid reloaded value is
-/// ignored with a warning). Connections beyond `max_connections` get `421 4.3.2` and are
-/// closed.
+/// sessions only (`max_connections` and `max_message_memory` are adjusted on reload too; an
+/// invalid reloaded value is ignored with a warning). Connections beyond `max_connections` get
+/// `421 4.3.2` and are closed.
 ///
 /// On shutdown: stop accepting (the listeners are dropped), close idle sessions with
 /// `421 4.3.2`, let sessions in a mail transaction finish for up to `shutdown_grace`, then
@@ -63,6 +64,7 @@ pub async fn run<S: Spool>(
         .validate()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut limiter = Limiter::new(current.max_connections);
+    let memory = MessageMemory::new(current.max_message_memory);
     let (state_tx, state_rx) = watch::channel(ServerState::Running);
     let mut sessions = JoinSet::new();
     let mut next_id = id_seed();
@@ -98,6 +100,7 @@ pub async fn run<S: Spool>(
                     }
                 }
                 limiter.resize(current.max_connections);
+                memory.set_cap(current.max_message_memory);
                 next_id = next_id.wrapping_add(1);
                 match limiter.semaphore.clone().try_acquire_owned() {
                     Ok(permit) => {
@@ -106,13 +109,18 @@ pub async fn run<S: Spool>(
                             "smtp_session",
                             id = %format_args!("{next_id:016x}")
                         );
+                        let session = Session::with_memory(
+                            current.clone(),
+                            memory.clone(),
+                            peer,
+                            next_id,
+                        );
                         let task = serve(
                             stream,
-                            peer,
+                            session,
                             current.clone(),
                             spool.clone(),
                             state_rx.clone(),
-                            next_id,
                             permit,
                         );
                         sessions.spawn(task.instrument(span));
@@ -229,21 +237,19 @@ impl Drop for SessionGauge {
     }
 }
 
-/// One connection, from greeting to close.
+/// One connection, from greeting to close; `session` is new, for this connection.
 async fn serve<S: Spool>(
     mut tcp: TcpStream,
-    peer: SocketAddr,
+    mut session: Session,
     config: Arc<SmtpConfig>,
     spool: Arc<S>,
     mut state: watch::Receiver<ServerState>,
-    id: u64,
     _permit: OwnedSemaphorePermit,
 ) {
     // Counted up when the permit was taken; down here on every way out.
     let _open = SessionGauge;
     debug!("session started");
     let _ = tcp.set_nodelay(true);
-    let mut session = Session::new(config.clone(), peer, id);
     let mut buf = ReadBuf::new();
     let outcome = drive(&mut tcp, &mut session, &mut buf, &*spool, &mut state).await;
     if let Outcome::StartTls = outcome {
@@ -374,7 +380,12 @@ where
                 }
             }
             Action::Deliver(delivery) => {
-                let Delivery { envelope, raw } = *delivery;
+                // `_hold` keeps the message's bytes counted until the spool has stored it.
+                let Delivery {
+                    envelope,
+                    raw,
+                    hold: _hold,
+                } = *delivery;
                 let size = raw.len();
                 let result = tokio::select! {
                     result = spool.append(envelope, raw) => result,

@@ -25,6 +25,7 @@ use smtp_proto::{
 };
 
 use crate::config::SmtpConfig;
+use crate::memory::{MemoryHold, MessageMemory};
 use crate::received::{protocol_word, received_header, Trace};
 
 /// Once this much reply text is waiting, the session stops consuming input until the driver
@@ -59,6 +60,9 @@ pub struct Delivery {
     pub envelope: Envelope,
     /// The message as received, with our `Received:` header prepended.
     pub raw: Vec<u8>,
+    /// `raw`'s bytes in the sessions' shared [`MessageMemory`]: keep it until the spool has
+    /// stored the message (the store makes its sealed copy meanwhile), then drop it.
+    pub hold: MemoryHold,
 }
 
 /// A rejection sent once the rest of some content has been read and discarded.
@@ -75,6 +79,14 @@ const TOO_LARGE: Reject = Reject {
     code: 552,
     esc: [5, 3, 4],
     text: "Message size exceeds fixed maximum message size",
+    reset: true,
+};
+
+/// The sessions' shared [`MessageMemory`] is spent: the sender should retry later.
+const NO_MEMORY: Reject = Reject {
+    code: 452,
+    esc: [4, 3, 1],
+    text: "Insufficient system storage, try again later",
     reset: true,
 };
 
@@ -118,6 +130,8 @@ struct Body {
     /// Octets of the current, unfinished line.
     line_len: usize,
     long_line: bool,
+    /// `raw`'s capacity, in the shared [`MessageMemory`].
+    hold: MemoryHold,
 }
 
 impl Body {
@@ -126,13 +140,25 @@ impl Body {
     }
 
     /// Make room for `additional` octets, growing geometrically but never beyond `limit`.
-    fn reserve(&mut self, additional: usize, limit: usize) {
+    /// False, with nothing allocated, when the shared [`MessageMemory`] cannot take it.
+    #[must_use]
+    fn reserve(&mut self, additional: usize, limit: usize) -> bool {
         let needed = self.raw.len().saturating_add(additional);
         if needed <= self.raw.capacity() {
-            return;
+            return true;
         }
         let target = self.raw.capacity().saturating_mul(2).min(limit).max(needed);
+        if !self.hold.grow_to(target) {
+            return false;
+        }
         self.raw.reserve_exact(target - self.raw.len());
+        true
+    }
+
+    /// Drop the content (it is refused) and give its memory back.
+    fn drop_content(&mut self) {
+        self.raw = Vec::new();
+        self.hold.release();
     }
 
     /// Track line lengths over the content appended since `from`.
@@ -169,12 +195,27 @@ pub struct Session {
     errors: usize,
     messages: u64,
     output: Vec<u8>,
+    /// Shared by the sessions of one server.
+    memory: Arc<MessageMemory>,
 }
 
 impl Session {
     /// A new plaintext session with the client at `peer`; `id` identifies it in logs and in
-    /// the ids of its messages. The `220` greeting is already in [`Session::output`].
+    /// the ids of its messages. The `220` greeting is already in [`Session::output`]. Its
+    /// message memory is its own, `config.max_message_memory` bytes; a server's sessions
+    /// share one with [`Session::with_memory`].
     pub fn new(config: Arc<SmtpConfig>, peer: SocketAddr, id: u64) -> Self {
+        let memory = MessageMemory::new(config.max_message_memory);
+        Self::with_memory(config, memory, peer, id)
+    }
+
+    /// [`Session::new`], buffering message content in `memory` (shared with other sessions).
+    pub fn with_memory(
+        config: Arc<SmtpConfig>,
+        memory: Arc<MessageMemory>,
+        peer: SocketAddr,
+        id: u64,
+    ) -> Self {
         let mut session = Session {
             config,
             peer,
@@ -189,6 +230,7 @@ impl Session {
             errors: 0,
             messages: 0,
             output: Vec::with_capacity(512),
+            memory,
         };
         let greeting = format!("{} ESMTP mailroom ready", session.config.hostname);
         session.reply_plain(220, &greeting);
@@ -704,7 +746,14 @@ impl Session {
         }
         if let Some(body) = self.tx.as_mut().and_then(|tx| tx.body.as_mut()) {
             let limit = body.header_len + max;
-            body.reserve(chunk_size, limit);
+            if !body.reserve(chunk_size, limit) {
+                body.drop_content();
+                self.phase = Phase::Discard {
+                    rx: DummyDataReceiver::new_bdat(chunk_size),
+                    then: NO_MEMORY,
+                };
+                return None;
+            }
         }
         self.phase = Phase::Bdat {
             rx: BdatReceiver::new(chunk_size, is_last),
@@ -736,15 +785,21 @@ impl Session {
             .size_hint
             .clamp(4096, MAX_INITIAL_RESERVE)
             .min(self.config.max_message_size.saturating_add(2));
-        let mut raw = Vec::with_capacity(header.len() + initial);
-        raw.extend_from_slice(header.as_bytes());
+        let mut body = Body {
+            header_len: header.len(),
+            raw: Vec::new(),
+            line_len: 0,
+            long_line: false,
+            hold: MemoryHold::new(&self.memory),
+        };
+        // Without room for the initial reservation, the header alone is allocated (a few
+        // hundred bytes, not counted): the first content then finds the memory spent, or
+        // freed meanwhile.
+        let limit = header.len() + initial;
+        let _ = body.reserve(header.len() + initial, limit);
+        body.raw.extend_from_slice(header.as_bytes());
         if let Some(tx) = &mut self.tx {
-            tx.body = Some(Body {
-                header_len: raw.len(),
-                raw,
-                line_len: 0,
-                long_line: false,
-            });
+            tx.body = Some(body);
         }
     }
 
@@ -766,7 +821,14 @@ impl Session {
                 .saturating_sub(body.content_len())
                 .max(1);
             let take = input.len().min(allowance);
-            body.reserve(take, limit);
+            if !body.reserve(take, limit) {
+                body.drop_content();
+                self.phase = Phase::Discard {
+                    rx: DummyDataReceiver::new_data(&rx),
+                    then: NO_MEMORY,
+                };
+                return None;
+            }
             let before = body.raw.len();
             let mut chunk = input[..take].iter();
             let done = rx.ingest(&mut chunk, &mut body.raw);
@@ -793,7 +855,7 @@ impl Session {
                 } else {
                     TOO_LARGE
                 };
-                body.raw = Vec::new();
+                body.drop_content();
                 self.phase = Phase::Discard {
                     rx: DummyDataReceiver::new_data(&rx),
                     then,
@@ -825,7 +887,7 @@ impl Session {
         *input = bytes.as_slice();
         body.scan_lines(before, max_line);
         if body.long_line {
-            body.raw = Vec::new();
+            body.drop_content();
             self.phase = Phase::Discard {
                 rx: DummyDataReceiver::new_bdat(left),
                 then: LINE_TOO_LONG,
@@ -872,7 +934,10 @@ impl Session {
             self.close_with(421, [4, 3, 0], "Internal error, closing connection");
             return Action::Close;
         };
-        let raw = tx.body.map(|b| b.raw).unwrap_or_default();
+        let (raw, hold) = match tx.body {
+            Some(body) => (body.raw, body.hold),
+            None => (Vec::new(), MemoryHold::new(&self.memory)),
+        };
         let envelope = Envelope {
             source: Source::Smtp,
             mail_from: tx.mail_from,
@@ -883,7 +948,11 @@ impl Session {
             tls: self.tls,
         };
         self.phase = Phase::Delivering;
-        Action::Deliver(Box::new(Delivery { envelope, raw }))
+        Action::Deliver(Box::new(Delivery {
+            envelope,
+            raw,
+            hold,
+        }))
     }
 }
 

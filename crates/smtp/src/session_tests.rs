@@ -43,7 +43,14 @@ struct Harness {
 
 impl Harness {
     fn new(config: SmtpConfig) -> (Self, String) {
-        let mut session = Session::new(Arc::new(config), PEER.parse().unwrap(), 0xabc);
+        let memory = MessageMemory::new(config.max_message_memory);
+        Self::new_in(config, memory)
+    }
+
+    /// A harness whose session buffers content in `memory` (shared with other harnesses).
+    fn new_in(config: SmtpConfig, memory: Arc<MessageMemory>) -> (Self, String) {
+        let mut session =
+            Session::with_memory(Arc::new(config), memory, PEER.parse().unwrap(), 0xabc);
         let greeting = String::from_utf8(session.output().to_vec()).unwrap();
         session.clear_output();
         let h = Harness {
@@ -527,6 +534,93 @@ fn oversized_message_in_one_packet_is_not_buffered() {
     let body = h.session.tx.as_ref().and_then(|t| t.body.as_ref()).unwrap();
     assert_eq!(body.raw.capacity(), 0);
     assert_eq!(codes(&h.send(b".\r\n")), ["552 5.3.4"]);
+}
+
+/// Two sessions in one pool of 64 KiB, messages up to 1 MiB.
+fn shared_pair() -> (Harness, Harness, Arc<MessageMemory>) {
+    let mut cfg = config();
+    cfg.max_message_size = 1 << 20;
+    let memory = MessageMemory::new(64 * 1024);
+    let ready = || {
+        let (mut h, _) = Harness::new_in(cfg.clone(), memory.clone());
+        h.send(b"EHLO client.example.net\r\n");
+        assert_eq!(codes(&h.send(ENVELOPE)), ["250 2.1.0", "250 2.1.5"]);
+        h
+    };
+    (ready(), ready(), memory.clone())
+}
+
+#[test]
+fn a_message_that_does_not_fit_the_shared_memory_gets_452_and_the_sender_may_retry() {
+    let (mut a, mut b, memory) = shared_pair();
+    // A is halfway through a 100 KB message: it holds at least that much of the pool.
+    let big = message_of(100_000);
+    a.send(b"DATA\r\n");
+    a.send(&big[..50_000]);
+    let held = memory.in_use();
+    assert!(held >= 50_000, "{held}");
+    // B's 100 KB message does not fit beside it: read to its end, dropped, 452; nothing is
+    // held for it afterwards, and the session goes on.
+    let mut msg = b"DATA\r\n".to_vec();
+    msg.extend_from_slice(&big);
+    msg.extend_from_slice(b".\r\n");
+    assert_eq!(codes(&b.send(&msg)), ["354", "452 4.3.1"]);
+    assert!(b.deliveries.is_empty());
+    assert_eq!(memory.in_use(), held);
+    // A finishes; its delivery holds the bytes until the spool has it (the harness keeps it).
+    let mut rest = big[50_000..].to_vec();
+    rest.extend_from_slice(b".\r\n");
+    assert_eq!(codes(&a.send(&rest)), ["250 2.0.0"]);
+    assert_eq!(a.content(0), &big[..]);
+    assert!(memory.in_use() >= 100_000);
+    a.deliveries.clear();
+    assert_eq!(memory.in_use(), 0);
+    // B retries and gets through: alone, a message may take more than the pool.
+    assert_eq!(codes(&b.send(ENVELOPE)), ["250 2.1.0", "250 2.1.5"]);
+    assert_eq!(codes(&b.send(&msg)), ["354", "250 2.0.0"]);
+    assert_eq!(b.content(0), &big[..]);
+    b.deliveries.clear();
+    assert_eq!(memory.in_use(), 0);
+}
+
+#[test]
+fn bdat_that_does_not_fit_the_shared_memory_gets_452() {
+    let (mut a, mut b, memory) = shared_pair();
+    a.send(b"DATA\r\n");
+    a.send(&message_of(60_000));
+    let held = memory.in_use();
+    let mut cmd = b"BDAT 20000 LAST\r\n".to_vec();
+    cmd.extend_from_slice(&message_of(20_000));
+    assert_eq!(codes(&b.send(&cmd)), ["452 4.3.1"]);
+    assert_eq!(memory.in_use(), held);
+    assert_eq!(codes(&b.send(ENVELOPE)), ["250 2.1.0", "250 2.1.5"]);
+}
+
+#[test]
+fn refused_content_gives_its_memory_back() {
+    let (mut a, _b, memory) = shared_pair();
+    // Too large (limit 1 MiB) and a too-long line: both dropped, nothing held after.
+    a.send(b"DATA\r\n");
+    a.send(&message_of(1_100_000));
+    assert_eq!(memory.in_use(), 0, "dropped once over the limit");
+    assert_eq!(codes(&a.send(b".\r\n")), ["552 5.3.4"]);
+    assert_eq!(codes(&a.send(ENVELOPE)), ["250 2.1.0", "250 2.1.5"]);
+    let mut msg = b"DATA\r\n".to_vec();
+    msg.extend_from_slice(&[b'x'; 600]);
+    msg.extend_from_slice(b"\r\n.\r\n");
+    assert_eq!(codes(&a.send(&msg)), ["354", "554 5.6.0"]);
+    assert_eq!(memory.in_use(), 0);
+    // A session that ends in the middle of DATA.
+    assert_eq!(codes(&a.send(ENVELOPE)), ["250 2.1.0", "250 2.1.5"]);
+    a.send(b"DATA\r\n");
+    a.send(&message_of(10_000));
+    assert!(memory.in_use() > 0);
+    drop(a);
+    assert_eq!(
+        memory.in_use(),
+        0,
+        "a session that ends gives its buffer back"
+    );
 }
 
 #[test]
