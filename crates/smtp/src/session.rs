@@ -747,12 +747,7 @@ impl Session {
         if let Some(body) = self.tx.as_mut().and_then(|tx| tx.body.as_mut()) {
             let limit = body.header_len + max;
             if !body.reserve(chunk_size, limit) {
-                body.drop_content();
-                self.phase = Phase::Discard {
-                    rx: DummyDataReceiver::new_bdat(chunk_size),
-                    then: NO_MEMORY,
-                };
-                return None;
+                return self.refuse_content(DummyDataReceiver::new_bdat(chunk_size), NO_MEMORY);
             }
         }
         self.phase = Phase::Bdat {
@@ -822,12 +817,7 @@ impl Session {
                 .max(1);
             let take = input.len().min(allowance);
             if !body.reserve(take, limit) {
-                body.drop_content();
-                self.phase = Phase::Discard {
-                    rx: DummyDataReceiver::new_data(&rx),
-                    then: NO_MEMORY,
-                };
-                return None;
+                return self.refuse_content(DummyDataReceiver::new_data(&rx), NO_MEMORY);
             }
             let before = body.raw.len();
             let mut chunk = input[..take].iter();
@@ -855,12 +845,7 @@ impl Session {
                 } else {
                     TOO_LARGE
                 };
-                body.drop_content();
-                self.phase = Phase::Discard {
-                    rx: DummyDataReceiver::new_data(&rx),
-                    then,
-                };
-                return None;
+                return self.refuse_content(DummyDataReceiver::new_data(&rx), then);
             }
             if input.is_empty() {
                 self.phase = Phase::Data(rx);
@@ -887,12 +872,7 @@ impl Session {
         *input = bytes.as_slice();
         body.scan_lines(before, max_line);
         if body.long_line {
-            body.drop_content();
-            self.phase = Phase::Discard {
-                rx: DummyDataReceiver::new_bdat(left),
-                then: LINE_TOO_LONG,
-            };
-            return None;
+            return self.refuse_content(DummyDataReceiver::new_bdat(left), LINE_TOO_LONG);
         }
         if !done {
             self.phase = Phase::Bdat { rx, left };
@@ -902,6 +882,16 @@ impl Session {
             return Some(self.deliver());
         }
         self.reply(250, [2, 0, 0], "Chunk received");
+        None
+    }
+
+    /// Refuse the content being received: drop what is buffered (its memory goes back to the
+    /// shared pool), read and drop the rest with `rx`, then reply `then`.
+    fn refuse_content(&mut self, rx: DummyDataReceiver, then: Reject) -> Option<Action> {
+        if let Some(body) = self.tx.as_mut().and_then(|tx| tx.body.as_mut()) {
+            body.drop_content();
+        }
+        self.phase = Phase::Discard { rx, then };
         None
     }
 
