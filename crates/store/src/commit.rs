@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use mailroom_spool::SpoolId;
 use sha2::{Digest, Sha256};
+use sled::transaction::TransactionalTree;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
@@ -101,22 +102,36 @@ struct Plan {
 type Committed = (CommitOutcome, Option<sled::IVec>, Vec<[u8; 32]>);
 
 impl Store {
-    fn plan(&self, spool_id: SpoolId, d: &Delivery, address: &str) -> Result<Plan> {
+    /// Plan one message. `made` lists the contacts that earlier plans of the same batch are
+    /// creating; a sender among them joins that contact (the transaction inserts it first).
+    fn plan(
+        &self,
+        spool_id: SpoolId,
+        d: &Delivery,
+        address: &str,
+        made: &[(u64, [u8; 32], Arc<KeyBytes>)],
+    ) -> Result<Plan> {
         let t = &self.inner.t;
         let contact_hash = self.contact_hash(address);
         let now = now_secs();
-        let existing = match t.contact_idx.get(contact_hash)? {
-            Some(id) => Some(from_be(&id)?),
-            None => None,
+        let batch_made = made
+            .iter()
+            .find(|(_, hash, _)| *hash == contact_hash)
+            .map(|(id, _, key)| (*id, key.clone()));
+        let existing = match (&batch_made, t.contact_idx.get(contact_hash)?) {
+            (Some((id, _)), _) => Some(*id),
+            (None, Some(id)) => Some(from_be(&id)?),
+            (None, None) => None,
         };
-        let existing_key = match existing {
-            Some(id) => match self.inner.keys.key(KeyRef::Person(id)) {
+        let existing_key = match (batch_made, existing) {
+            (Some(made), _) => Some(made),
+            (None, Some(id)) => match self.inner.keys.key(KeyRef::Person(id)) {
                 Ok(key) => Some((id, key)),
                 // That person was erased (key destroyed): the address starts a new contact.
                 Err(StoreError::KeyMissing(_)) => None,
                 Err(e) => return Err(e),
             },
-            None => None,
+            (None, None) => None,
         };
         let (contact, new_contact, key, contact_value) = match existing_key {
             Some((id, key)) => (id, false, key, None),
@@ -299,61 +314,116 @@ impl Store {
         }
     }
 
-    pub(crate) fn commit(&self, spool_id: SpoolId, d: &Delivery) -> Result<CommitOutcome> {
-        let address = normalize_address(&d.from.address);
+    /// Plan and commit `items` in one transaction, in order, then make it durable (one flush).
+    ///
+    /// Each item is handled as [`Store::commit_message`] handles one message: an entry
+    /// already gone is [`CommitOutcome::AlreadyProcessed`] and writes nothing. A sender new to
+    /// the store who sends several messages of the batch becomes one contact. An item the
+    /// transaction cannot store (its ticket was deleted meanwhile, say) fails the whole batch,
+    /// which then writes nothing; the caller commits the items one by one to find it.
+    pub(crate) fn commit_batch(
+        &self,
+        items: &[(SpoolId, &Delivery)],
+    ) -> Result<Vec<CommitOutcome>> {
+        let addresses: Vec<String> = items
+            .iter()
+            .map(|(_, d)| normalize_address(&d.from.address))
+            .collect();
         for _ in 0..MAX_PLANS {
-            if !self.inner.t.spool.contains_key(be(spool_id.0))? {
-                return Ok(CommitOutcome::AlreadyProcessed);
+            let mut plans: Vec<Option<Plan>> = Vec::with_capacity(items.len());
+            let mut made: Vec<(u64, [u8; 32], Arc<KeyBytes>)> = Vec::new();
+            let mut planning = Ok(());
+            for ((spool_id, d), address) in items.iter().zip(&addresses) {
+                let planned = match self.inner.t.spool.contains_key(be(spool_id.0)) {
+                    Ok(true) => self.plan(*spool_id, d, address, &made).map(Some),
+                    Ok(false) => Ok(None),
+                    Err(e) => Err(e.into()),
+                };
+                match planned {
+                    Ok(plan) => {
+                        if let Some(p) = plan.as_ref().filter(|p| p.new_contact) {
+                            made.push((p.contact, p.contact_hash, p.key.clone()));
+                        }
+                        plans.push(plan);
+                    }
+                    Err(e) => {
+                        planning = Err(e);
+                        break;
+                    }
+                }
             }
-            let plan = self.plan(spool_id, d, &address)?;
-            let result = self.run_commit(spool_id, d, &plan);
-            let keep_key = matches!(result, Ok((CommitOutcome::Stored { .. }, ..)));
-            if plan.new_contact && !keep_key {
+            if let Err(e) = planning {
+                self.abandon(plans.iter().flatten());
+                return Err(e);
+            }
+            match self.run_commit(items, &plans) {
+                Ok(done) => {
+                    let mut outcomes = Vec::with_capacity(items.len());
+                    let mut stored = false;
+                    for ((spool_id, _), (plan, done)) in items.iter().zip(plans.iter().zip(done)) {
+                        let (Some(plan), Some((outcome, removed, kept_existing))) = (plan, done)
+                        else {
+                            outcomes.push(CommitOutcome::AlreadyProcessed);
+                            continue;
+                        };
+                        if let CommitOutcome::Stored { .. } = outcome {
+                            stored = true;
+                            self.inner.spool_count.fetch_sub(1, Ordering::SeqCst);
+                            // The spool entry is gone, and so are any of its chunks.
+                            if let Some(value) = removed {
+                                self.drop_spool_value(spool_id.0, &value);
+                            }
+                            // A new blob that another message stored first (the transaction
+                            // kept that one) leaves this plan's chunks unused.
+                            self.drop_new_blobs(plan, |b| kept_existing.contains(b));
+                        } else {
+                            self.abandon(std::iter::once(plan));
+                        }
+                        outcomes.push(outcome);
+                    }
+                    if stored {
+                        self.inner.flusher.durable_blocking(false)?;
+                    }
+                    return Ok(outcomes);
+                }
+                Err(TransactionError::Abort(Abort::Replan)) => {
+                    self.abandon(plans.iter().flatten());
+                    continue;
+                }
+                Err(TransactionError::Abort(Abort::Store(e))) => {
+                    self.abandon(plans.iter().flatten());
+                    return Err(e);
+                }
+                // Whether it took is not known: the plans' chunks and keys stay (an unused key
+                // file is harmless; a stored contact without its key would be lost).
+                Err(TransactionError::Storage(e)) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Io(format!(
+            "commit of {} spool entries kept conflicting",
+            items.len()
+        )))
+    }
+
+    /// Undo what plans that stored nothing made: their stowed chunks and new contacts' keys.
+    fn abandon<'p>(&self, plans: impl IntoIterator<Item = &'p Plan>) {
+        for plan in plans {
+            self.discard_stowed(plan);
+            if plan.new_contact {
                 // The key was made for a contact that this commit did not create.
                 if let Err(e) = self.inner.keys.destroy_person_key(plan.contact) {
                     tracing::warn!(error = %e, "cannot remove an unused person key");
                 }
             }
-            match result {
-                Ok((outcome, removed, kept_existing)) => {
-                    if let CommitOutcome::Stored { .. } = outcome {
-                        self.inner.spool_count.fetch_sub(1, Ordering::SeqCst);
-                        // The spool entry is gone, and so are any of its chunks.
-                        if let Some(value) = removed {
-                            self.drop_spool_value(spool_id.0, &value);
-                        }
-                        // A new blob that another message stored first (the transaction kept
-                        // that one) leaves this plan's chunks unused.
-                        self.drop_new_blobs(&plan, |b| kept_existing.contains(b));
-                        self.inner.flusher.durable_blocking(false)?;
-                    } else {
-                        self.discard_stowed(&plan);
-                    }
-                    return Ok(outcome);
-                }
-                Err(TransactionError::Abort(Abort::Replan)) => {
-                    self.discard_stowed(&plan);
-                    continue;
-                }
-                Err(TransactionError::Abort(Abort::Store(e))) => {
-                    self.discard_stowed(&plan);
-                    return Err(e);
-                }
-                // Whether it took is not known: the plan's chunks stay.
-                Err(TransactionError::Storage(e)) => return Err(e.into()),
-            }
         }
-        Err(StoreError::Io(format!(
-            "commit of spool entry {spool_id} kept conflicting"
-        )))
     }
 
+    /// One transaction over every planned item (`None`: its entry was gone when planning).
     fn run_commit(
         &self,
-        spool_id: SpoolId,
-        d: &Delivery,
-        p: &Plan,
-    ) -> std::result::Result<Committed, TransactionError<Abort>> {
+        items: &[(SpoolId, &Delivery)],
+        plans: &[Option<Plan>],
+    ) -> std::result::Result<Vec<Option<Committed>>, TransactionError<Abort>> {
         let t = &self.inner.t;
         let trees = (
             &t.spool,
@@ -371,178 +441,210 @@ impl Store {
             &t.quarantine,
         );
         let attachment_created = now_secs();
-        trees.transaction(
-            |(
-                spool,
-                meta,
-                contacts,
-                contact_idx,
-                tickets,
-                participants,
-                messages,
-                orphans,
-                msgid_idx,
-                blobs,
-                attachments,
-                blob_refs,
-                quarantine,
-            )| {
-                if spool.get(be(spool_id.0))?.is_none() {
-                    return Ok((CommitOutcome::AlreadyProcessed, None, Vec::new()));
-                }
-                // Contact.
-                let indexed = match contact_idx.get(p.contact_hash)? {
-                    Some(id) => Some(from_be(&id).map_err(fail)?),
+        trees.transaction(|views| {
+            let mut done = Vec::with_capacity(plans.len());
+            for ((spool_id, d), plan) in items.iter().zip(plans) {
+                done.push(match plan {
+                    Some(p) => Some(apply(views, *spool_id, d, p, attachment_created)?),
                     None => None,
-                };
-                match &p.contact_value {
-                    None if indexed == Some(p.contact) => {}
-                    Some(value) if indexed == p.indexed_as => {
-                        contacts.insert(&be(p.contact), value.as_slice())?;
-                        contact_idx.insert(&p.contact_hash, &be(p.contact))?;
-                    }
-                    _ => return replan(),
-                }
-                // Ticket.
-                let (ticket, new_ticket) = match &d.thread {
-                    ThreadDecision::New { subject } => {
-                        let id = match meta.get(meta_key::NEXT_TICKET)? {
-                            Some(v) => from_be(&v).map_err(fail)?,
-                            None => 1,
-                        };
-                        meta.insert(meta_key::NEXT_TICKET, &be(id + 1))?;
-                        let sealed = crypto::seal(
-                            &p.key,
-                            KeyRef::Person(p.contact),
-                            tree::TICKETS,
-                            &be(id),
-                            &frame(
-                                &TicketSecret {
-                                    subject: subject.clone(),
-                                },
-                                &[],
-                            )
-                            .map_err(fail)?,
-                        )
-                        .map_err(fail)?;
-                        let record = TicketMeta {
-                            requester: p.contact,
-                            status: TicketStatus::Open,
-                            created_at: p.received_at,
-                            updated_at: p.received_at,
-                            messages: vec![p.message],
-                            attachments: p.attachments.len() as u64,
-                            flagged: p.flagged,
-                            unsure: p.unsure,
-                            closed_at: None,
-                            closed_by: None,
-                        };
-                        tickets.insert(&be(id), frame(&record, &sealed).map_err(fail)?)?;
-                        (Some(id), true)
-                    }
-                    ThreadDecision::Existing(TicketId(id)) => {
-                        let Some(value) = tickets.get(be(*id))? else {
-                            return Err(fail(StoreError::NotFound(format!("ticket {id}"))));
-                        };
-                        let (mut record, sealed): (TicketMeta, _) =
-                            unframe(&value).map_err(fail)?;
-                        record.messages.push(p.message);
-                        record.updated_at = record.updated_at.max(p.received_at);
-                        // A new message on a closed ticket reopens it (as help desks do), unless
-                        // it is automatic mail (an auto-reply to our closing note).
-                        if record.status == TicketStatus::Closed
-                            && !automatic(&p.message_meta.flags)
-                        {
-                            record.status = TicketStatus::Open;
-                            record.closed_at = None;
-                        }
-                        record.attachments += p.attachments.len() as u64;
-                        record.flagged |= p.flagged;
-                        record.unsure |= p.unsure;
-                        tickets.insert(&be(*id), frame(&record, sealed).map_err(fail)?)?;
-                        (Some(*id), false)
-                    }
-                    ThreadDecision::Orphan | ThreadDecision::Quarantine { .. } => (None, false),
-                };
-                // Automatic mail (auto-replies, bounces, list mail) is kept on the ticket but
-                // does not make its sender a participant: a mailer-daemon that bounced once must
-                // not be able to thread ordinary mail into the ticket later.
-                let automatic = automatic(&p.message_meta.flags);
-                match ticket {
-                    Some(id) => {
-                        if new_ticket || !automatic {
-                            participants.insert(&be2(id, p.contact), &[][..])?;
-                        }
-                    }
-                    None => match &p.quarantine_value {
-                        // Quarantined: in no ticket and not an orphan.
-                        Some(value) => {
-                            quarantine.insert(&be(p.message), value.as_slice())?;
-                        }
-                        None => {
-                            orphans.insert(&be(p.message), &[][..])?;
-                        }
-                    },
-                }
-                // Message.
-                let mut message_meta = p.message_meta.clone();
-                message_meta.ticket = ticket;
-                messages.insert(
-                    &be(p.message),
-                    frame(&message_meta, &p.message_sealed).map_err(fail)?,
-                )?;
-                if let Some(key) = &p.msgid_key {
-                    if msgid_idx.get(key)?.is_none() {
-                        let r = MessageRef {
-                            message: MessageKey(p.message),
-                            ticket: ticket.map(TicketId),
-                        };
-                        msgid_idx.insert(&key[..], encode(&r).map_err(fail)?)?;
-                    }
-                }
-                // Attachments: one blob per owner and content.
-                for blob in &p.old_blobs {
-                    if blobs.get(blob)?.is_none() {
-                        return replan();
-                    }
-                }
-                let mut kept_existing = Vec::new();
-                for (blob, value) in &p.new_blobs {
-                    if blobs.get(blob)?.is_none() {
-                        blobs.insert(&blob[..], value.as_slice())?;
-                    } else {
-                        kept_existing.push(*blob);
-                    }
-                }
-                for a in &p.attachments {
-                    let record = AttachmentMeta {
-                        blob: a.blob,
-                        size: a.size,
-                        tags: AttachmentTags {
-                            contact: p.contact,
-                            ticket,
-                            message: p.message,
-                            retention_class: a.retention_class.clone(),
-                            created_at: attachment_created,
-                        },
-                    };
-                    attachments.insert(&a.key[..], frame(&record, &a.sealed).map_err(fail)?)?;
-                    let mut r = Vec::with_capacity(44);
-                    r.extend_from_slice(&a.blob);
-                    r.extend_from_slice(&a.key);
-                    blob_refs.insert(r, &[][..])?;
-                }
-                let removed = spool.remove(&be(spool_id.0))?;
-                Ok((
-                    CommitOutcome::Stored {
-                        ticket: ticket.map(TicketId),
-                        message: MessageKey(p.message),
-                        new_ticket,
-                    },
-                    removed,
-                    kept_existing,
-                ))
-            },
-        )
+                });
+            }
+            Ok(done)
+        })
     }
+}
+
+/// The commit transaction's views of its trees, in the order `run_commit` lists them.
+type Views = (
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+);
+
+/// Store one planned message inside the commit transaction (it sees the batch's earlier
+/// writes).
+fn apply(
+    views: &Views,
+    spool_id: SpoolId,
+    d: &Delivery,
+    p: &Plan,
+    attachment_created: u64,
+) -> TxResult<Committed> {
+    let (
+        spool,
+        meta,
+        contacts,
+        contact_idx,
+        tickets,
+        participants,
+        messages,
+        orphans,
+        msgid_idx,
+        blobs,
+        attachments,
+        blob_refs,
+        quarantine,
+    ) = views;
+    if spool.get(be(spool_id.0))?.is_none() {
+        return Ok((CommitOutcome::AlreadyProcessed, None, Vec::new()));
+    }
+    // Contact.
+    let indexed = match contact_idx.get(p.contact_hash)? {
+        Some(id) => Some(from_be(&id).map_err(fail)?),
+        None => None,
+    };
+    match &p.contact_value {
+        None if indexed == Some(p.contact) => {}
+        Some(value) if indexed == p.indexed_as => {
+            contacts.insert(&be(p.contact), value.as_slice())?;
+            contact_idx.insert(&p.contact_hash, &be(p.contact))?;
+        }
+        _ => return replan(),
+    }
+    // Ticket.
+    let (ticket, new_ticket) = match &d.thread {
+        ThreadDecision::New { subject } => {
+            let id = match meta.get(meta_key::NEXT_TICKET)? {
+                Some(v) => from_be(&v).map_err(fail)?,
+                None => 1,
+            };
+            meta.insert(meta_key::NEXT_TICKET, &be(id + 1))?;
+            let sealed = crypto::seal(
+                &p.key,
+                KeyRef::Person(p.contact),
+                tree::TICKETS,
+                &be(id),
+                &frame(
+                    &TicketSecret {
+                        subject: subject.clone(),
+                    },
+                    &[],
+                )
+                .map_err(fail)?,
+            )
+            .map_err(fail)?;
+            let record = TicketMeta {
+                requester: p.contact,
+                status: TicketStatus::Open,
+                created_at: p.received_at,
+                updated_at: p.received_at,
+                messages: vec![p.message],
+                attachments: p.attachments.len() as u64,
+                flagged: p.flagged,
+                unsure: p.unsure,
+                closed_at: None,
+                closed_by: None,
+            };
+            tickets.insert(&be(id), frame(&record, &sealed).map_err(fail)?)?;
+            (Some(id), true)
+        }
+        ThreadDecision::Existing(TicketId(id)) => {
+            let Some(value) = tickets.get(be(*id))? else {
+                return Err(fail(StoreError::NotFound(format!("ticket {id}"))));
+            };
+            let (mut record, sealed): (TicketMeta, _) = unframe(&value).map_err(fail)?;
+            record.messages.push(p.message);
+            record.updated_at = record.updated_at.max(p.received_at);
+            // A new message on a closed ticket reopens it (as help desks do), unless
+            // it is automatic mail (an auto-reply to our closing note).
+            if record.status == TicketStatus::Closed && !automatic(&p.message_meta.flags) {
+                record.status = TicketStatus::Open;
+                record.closed_at = None;
+            }
+            record.attachments += p.attachments.len() as u64;
+            record.flagged |= p.flagged;
+            record.unsure |= p.unsure;
+            tickets.insert(&be(*id), frame(&record, sealed).map_err(fail)?)?;
+            (Some(*id), false)
+        }
+        ThreadDecision::Orphan | ThreadDecision::Quarantine { .. } => (None, false),
+    };
+    // Automatic mail (auto-replies, bounces, list mail) is kept on the ticket but
+    // does not make its sender a participant: a mailer-daemon that bounced once must
+    // not be able to thread ordinary mail into the ticket later.
+    let automatic = automatic(&p.message_meta.flags);
+    match ticket {
+        Some(id) => {
+            if new_ticket || !automatic {
+                participants.insert(&be2(id, p.contact), &[][..])?;
+            }
+        }
+        None => match &p.quarantine_value {
+            // Quarantined: in no ticket and not an orphan.
+            Some(value) => {
+                quarantine.insert(&be(p.message), value.as_slice())?;
+            }
+            None => {
+                orphans.insert(&be(p.message), &[][..])?;
+            }
+        },
+    }
+    // Message.
+    let mut message_meta = p.message_meta.clone();
+    message_meta.ticket = ticket;
+    messages.insert(
+        &be(p.message),
+        frame(&message_meta, &p.message_sealed).map_err(fail)?,
+    )?;
+    if let Some(key) = &p.msgid_key {
+        if msgid_idx.get(key)?.is_none() {
+            let r = MessageRef {
+                message: MessageKey(p.message),
+                ticket: ticket.map(TicketId),
+            };
+            msgid_idx.insert(&key[..], encode(&r).map_err(fail)?)?;
+        }
+    }
+    // Attachments: one blob per owner and content.
+    for blob in &p.old_blobs {
+        if blobs.get(blob)?.is_none() {
+            return replan();
+        }
+    }
+    let mut kept_existing = Vec::new();
+    for (blob, value) in &p.new_blobs {
+        if blobs.get(blob)?.is_none() {
+            blobs.insert(&blob[..], value.as_slice())?;
+        } else {
+            kept_existing.push(*blob);
+        }
+    }
+    for a in &p.attachments {
+        let record = AttachmentMeta {
+            blob: a.blob,
+            size: a.size,
+            tags: AttachmentTags {
+                contact: p.contact,
+                ticket,
+                message: p.message,
+                retention_class: a.retention_class.clone(),
+                created_at: attachment_created,
+            },
+        };
+        attachments.insert(&a.key[..], frame(&record, &a.sealed).map_err(fail)?)?;
+        let mut r = Vec::with_capacity(44);
+        r.extend_from_slice(&a.blob);
+        r.extend_from_slice(&a.key);
+        blob_refs.insert(r, &[][..])?;
+    }
+    let removed = spool.remove(&be(spool_id.0))?;
+    Ok((
+        CommitOutcome::Stored {
+            ticket: ticket.map(TicketId),
+            message: MessageKey(p.message),
+            new_ticket,
+        },
+        removed,
+        kept_existing,
+    ))
 }

@@ -402,7 +402,18 @@ impl Store {
     /// [`CommitOutcome::AlreadyProcessed`].
     pub fn commit_message(&self, spool_id: SpoolId, delivery: Delivery) -> Result<CommitOutcome> {
         let _gate = self.writing();
-        self.commit(spool_id, &delivery)
+        let mut outcomes = self.commit_batch(&[(spool_id, &delivery)])?;
+        Ok(outcomes.pop().unwrap_or(CommitOutcome::AlreadyProcessed))
+    }
+
+    /// [`Store::commit_message`] for several messages in one transaction and one flush: the
+    /// pipeline's group commit. Outcomes come in the order of `batch`; a later message sees
+    /// what an earlier one wrote (a new contact, a ticket it opened). When one message cannot
+    /// be stored, nothing is and the error is returned: commit them one by one to find it.
+    pub fn commit_messages(&self, batch: &[(SpoolId, Delivery)]) -> Result<Vec<CommitOutcome>> {
+        let _gate = self.writing();
+        let items: Vec<(SpoolId, &Delivery)> = batch.iter().map(|(id, d)| (*id, d)).collect();
+        self.commit_batch(&items)
     }
 
     /// Move spool entry `spool_id` to the failed list with `reason` (one transaction).

@@ -620,3 +620,70 @@ fn key_files_are_private() {
         assert!(k.extension().is_some_and(|e| e == "key"));
     }
 }
+
+#[test]
+fn batch_commit_stores_all_in_one_flush_and_one_contact_per_new_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // Two messages from a sender the store does not know yet, with the same attachment, and
+    // one from somebody else.
+    let mut first = Msg::new("New@Example.com", "first");
+    first.attachments = vec![attachment("a.pdf", b"same bytes")];
+    let mut second = Msg::new("new@example.com", "second");
+    second.attachments = vec![attachment("b.pdf", b"same bytes")];
+    let mut third = Msg::new("other@example.com", "third");
+    third.thread = ThreadDecision::Orphan;
+    let batch: Vec<(SpoolId, _)> = [&first, &second, &third]
+        .iter()
+        .map(|m| (m.spool(&store), m.delivery()))
+        .collect();
+    let flushes = store.flush_count();
+    let outcomes = store.commit_messages(&batch).unwrap();
+    assert_eq!(store.flush_count() - flushes, 1, "one flush for the batch");
+    let tickets: Vec<_> = outcomes.iter().map(|o| stored(*o)).collect();
+    assert_eq!(tickets[0].0, Some(TicketId(1)));
+    assert_eq!(tickets[1].0, Some(TicketId(2)));
+    assert_eq!(tickets[2].0, None);
+    assert!(tickets[0].2 && tickets[1].2);
+    assert_eq!(store.spool_len(), 0);
+    let c = store.counts().unwrap();
+    assert_eq!((c.tickets, c.messages, c.contacts, c.blobs), (2, 3, 2, 1));
+    // One key per contact, none left over from the second plan of the new sender.
+    assert_eq!(person_keys(dir.path()).len(), 2);
+}
+
+#[test]
+fn batch_commit_skips_processed_entries_and_fails_whole_on_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let done = Msg::new("a@example.com", "done");
+    let done_id = done.spool(&store);
+    stored(store.commit_message(done_id, done.delivery()).unwrap());
+    let fresh = Msg::new("b@example.com", "fresh");
+    let fresh_id = fresh.spool(&store);
+    let outcomes = store
+        .commit_messages(&[(done_id, done.delivery()), (fresh_id, fresh.delivery())])
+        .unwrap();
+    assert_eq!(outcomes[0], CommitOutcome::AlreadyProcessed);
+    assert_eq!(stored(outcomes[1]).0, Some(TicketId(2)));
+    assert_eq!(store.counts().unwrap().messages, 2);
+
+    // A message for a ticket that does not exist fails the batch: nothing of it is written.
+    let good = Msg::new("new@example.com", "good");
+    let mut bad = Msg::new("c@example.com", "bad");
+    bad.thread = ThreadDecision::Existing(TicketId(42));
+    let keys = person_keys(dir.path()).len();
+    let good_id = good.spool(&store);
+    let bad_id = bad.spool(&store);
+    let err = store
+        .commit_messages(&[(good_id, good.delivery()), (bad_id, bad.delivery())])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert_eq!(store.spool_len(), 2);
+    let c = store.counts().unwrap();
+    assert_eq!((c.messages, c.contacts, c.tickets), (2, 2, 2));
+    assert_eq!(person_keys(dir.path()).len(), keys, "unused keys removed");
+    // One by one, the good one goes in.
+    stored(store.commit_message(good_id, good.delivery()).unwrap());
+    assert_eq!(store.spool_len(), 1);
+}
