@@ -1,7 +1,7 @@
 //! Parse + ticket creation: the pipeline's cost per message on the real store (sled, fsync on).
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use mailroom_pipeline::{process_entry, Settings};
+use mailroom_pipeline::{process_batch, process_entry, Settings, MAX_BATCH};
 use mailroom_spool::{Envelope, Source};
 use mailroom_store::{Store, StoreOptions};
 
@@ -51,6 +51,31 @@ fn bench(c: &mut Criterion) {
                     .expect("spool")
             },
             |id| process_entry(&store, id, &settings).expect("process"),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+
+    // The workers' group commit: MAX_BATCH messages, one transaction and one flush.
+    let mut group = c.benchmark_group("pipeline-batch");
+    group.throughput(Throughput::Elements(MAX_BATCH as u64));
+    group.bench_function("spool+parse+classify+ticket (batch of 32, one flush)", |b| {
+        b.iter_batched(
+            || {
+                (0..MAX_BATCH)
+                    .map(|_| {
+                        i = (i + 1) % messages.len();
+                        store
+                            .spool_append_blocking(envelope(), messages[i].clone())
+                            .expect("spool")
+                    })
+                    .collect::<Vec<_>>()
+            },
+            |ids| {
+                for (_, r) in process_batch(&store, &ids, &settings) {
+                    r.expect("process");
+                }
+            },
             BatchSize::SmallInput,
         )
     });

@@ -30,7 +30,11 @@ mod workers;
 use std::fmt;
 
 use mailroom_spool::SpoolId;
-use mailroom_store::{CommitOutcome, FailedId, MessageKey, Store, StoreError, TicketId};
+use std::time::Instant;
+
+use mailroom_store::{
+    CommitOutcome, Delivery, FailedId, MessageKey, SpoolEntry, Store, StoreError, TicketId,
+};
 
 pub use analyze::{analyze, Analysis, Rejection};
 pub use classify::{route, Filter};
@@ -241,59 +245,229 @@ pub fn process_entry(
     id: SpoolId,
     settings: &Settings,
 ) -> Result<Processed, PipelineError> {
-    let limits = &settings.limits;
     let span = tracing::info_span!("message", spool_id = id.0);
     let _enter = span.enter();
-    let started = std::time::Instant::now();
-    let processed = process_entry_inner(store, id, limits, settings)?;
-    let outcome = match processed.outcome {
-        Outcome::NewTicket { .. } => "new_ticket",
-        Outcome::Appended { .. } => "appended",
-        Outcome::Orphan { .. } => "orphan",
-        Outcome::Quarantined { .. } => "quarantined",
-        Outcome::Failed { .. } => "failed",
-        Outcome::AlreadyProcessed => "already_processed",
+    let started = Instant::now();
+    let outcome = match load(store, id, &settings.limits)? {
+        Loaded::Done(outcome) => outcome,
+        Loaded::Analyzed(analyzed) => {
+            let (entry, analysis) = *analyzed;
+            let ready = prepare(store, settings, id, entry, analysis)?;
+            let committed = store.commit_message(id, ready.delivery)?;
+            ready.meta.outcome(committed)
+        }
     };
-    metrics::counter!(metric_names::MESSAGES, "outcome" => outcome).increment(1);
-    metrics::histogram!(metric_names::LATENCY).record(started.elapsed().as_secs_f64());
-    metrics::gauge!(metric_names::SPOOL_DEPTH).set(store.spool_len() as f64);
-    Ok(processed)
+    Ok(finish(store, id, outcome, started))
 }
 
-fn process_entry_inner(
-    store: &Store,
-    id: SpoolId,
-    limits: &Limits,
-    settings: &Settings,
-) -> Result<Processed, PipelineError> {
-    let Some(entry) = store.spool_get(id)? else {
-        tracing::debug!("already processed");
-        return Ok(Processed {
-            spool_id: id,
-            outcome: Outcome::AlreadyProcessed,
-        });
-    };
+/// At most this many messages are committed in one transaction by [`process_batch`].
+pub const MAX_BATCH: usize = 32;
+/// A batch is committed before its messages' raw bytes would exceed this.
+const MAX_BATCH_BYTES: usize = 8 << 20;
 
-    let analysis = match analyze(&entry, limits) {
-        Ok(a) => a,
+/// [`process_entry`] for several entries, with one store transaction and one flush for all of
+/// them (group commit) instead of one each: that is most of what a message costs the store.
+///
+/// The entries are analyzed in order. A message whose thread could depend on one before it in
+/// the batch (it refers to a `Message-ID` there, or it carries a `[#N]` tag while the batch
+/// opens tickets) is not put in the same transaction: the batch so far is committed first, so
+/// it is threaded exactly as [`process_entry`] one after another would thread it. When a
+/// batch's transaction fails, its messages are committed one by one, so that one bad message
+/// only fails itself. Every id gets its result, not necessarily in the order given.
+pub fn process_batch(
+    store: &Store,
+    ids: &[SpoolId],
+    settings: &Settings,
+) -> Vec<(SpoolId, Result<Processed, PipelineError>)> {
+    let mut results = Vec::with_capacity(ids.len());
+    let mut batch = Batch::default();
+    for &id in ids {
+        let span = tracing::info_span!("message", spool_id = id.0);
+        let _enter = span.enter();
+        let started = Instant::now();
+        let (entry, analysis) = match load(store, id, &settings.limits) {
+            Ok(Loaded::Analyzed(analyzed)) => *analyzed,
+            Ok(Loaded::Done(outcome)) => {
+                results.push((id, Ok(finish(store, id, outcome, started))));
+                continue;
+            }
+            Err(e) => {
+                results.push((id, Err(e)));
+                continue;
+            }
+        };
+        if batch.needs_commit_before(&analysis, entry.raw.len()) {
+            batch.commit(store, &mut results);
+        }
+        match prepare(store, settings, id, entry, analysis) {
+            Ok(ready) => batch.push(ready, started),
+            Err(e) => results.push((id, Err(e))),
+        }
+    }
+    batch.commit(store, &mut results);
+    results
+}
+
+/// The messages of a [`process_batch`] waiting for their commit.
+#[derive(Default)]
+struct Batch {
+    ready: Vec<(Ready, Instant)>,
+    /// The (normalized) `Message-ID`s of the messages in it.
+    message_ids: std::collections::HashSet<String>,
+    opens_tickets: bool,
+    bytes: usize,
+}
+
+impl Batch {
+    /// Whether the batch must be committed before a message with `analysis` joins it.
+    fn needs_commit_before(&self, analysis: &Analysis, size: usize) -> bool {
+        if self.ready.is_empty() {
+            return false;
+        }
+        self.ready.len() >= MAX_BATCH
+            || self.bytes.saturating_add(size) > MAX_BATCH_BYTES
+            || (analysis.ticket_tag.is_some() && self.opens_tickets)
+            || thread_keys(analysis)
+                .iter()
+                .any(|id| self.message_ids.contains(id))
+    }
+
+    fn push(&mut self, ready: Ready, started: Instant) {
+        self.bytes = self.bytes.saturating_add(ready.delivery.message.raw.len());
+        self.opens_tickets |= matches!(ready.delivery.thread, ThreadDecision::New { .. });
+        if let Some(own) = ready.delivery.message.message_id.as_deref() {
+            self.message_ids
+                .insert(normalize_message_id(own).to_string());
+        }
+        self.ready.push((ready, started));
+    }
+
+    /// Commit what is waiting (one transaction), record each message's result in `results`.
+    fn commit(
+        &mut self,
+        store: &Store,
+        results: &mut Vec<(SpoolId, Result<Processed, PipelineError>)>,
+    ) {
+        let ready = std::mem::take(&mut self.ready);
+        *self = Batch::default();
+        if ready.is_empty() {
+            return;
+        }
+        let mut metas = Vec::with_capacity(ready.len());
+        let mut deliveries = Vec::with_capacity(ready.len());
+        for (r, started) in ready {
+            metas.push((r.id, r.meta, started));
+            deliveries.push((r.id, r.delivery));
+        }
+        let committed = if deliveries.len() == 1 {
+            Err(deliveries)
+        } else {
+            match store.commit_messages(&deliveries) {
+                Ok(outcomes) => Ok(outcomes),
+                Err(e) => {
+                    tracing::warn!(
+                        messages = deliveries.len(),
+                        error = %e,
+                        "batch commit failed: committing its messages one by one"
+                    );
+                    Err(deliveries)
+                }
+            }
+        };
+        match committed {
+            Ok(outcomes) => {
+                for ((id, meta, started), committed) in metas.into_iter().zip(outcomes) {
+                    let span = tracing::info_span!("message", spool_id = id.0);
+                    let _enter = span.enter();
+                    let outcome = meta.outcome(committed);
+                    results.push((id, Ok(finish(store, id, outcome, started))));
+                }
+            }
+            Err(deliveries) => {
+                for ((id, meta, started), (_, delivery)) in metas.into_iter().zip(deliveries) {
+                    let span = tracing::info_span!("message", spool_id = id.0);
+                    let _enter = span.enter();
+                    let result = store
+                        .commit_message(id, delivery)
+                        .map(|committed| finish(store, id, meta.outcome(committed), started))
+                        .map_err(PipelineError::from);
+                    results.push((id, result));
+                }
+            }
+        }
+    }
+}
+
+/// The ids a message's thread is looked up by, and its own `Message-ID`, normalized as the
+/// store's index normalizes them.
+fn thread_keys(analysis: &Analysis) -> Vec<String> {
+    analysis
+        .thread_ids()
+        .into_iter()
+        .chain(analysis.message_id.as_deref())
+        .map(|id| normalize_message_id(id).to_string())
+        .collect()
+}
+
+fn normalize_message_id(id: &str) -> &str {
+    id.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim()
+}
+
+/// A spool entry after [`load`].
+enum Loaded {
+    /// Nothing to commit: already processed, or moved to the failed list.
+    Done(Outcome),
+    /// Read and analyzed.
+    Analyzed(Box<(SpoolEntry, Analysis)>),
+}
+
+/// Read an entry and analyze it; a [`Rejection`] moves it to the failed list.
+fn load(store: &Store, id: SpoolId, limits: &Limits) -> Result<Loaded, PipelineError> {
+    let Some(entry) = store.spool_get(id)? else {
+        return Ok(Loaded::Done(Outcome::AlreadyProcessed));
+    };
+    match analyze(&entry, limits) {
+        Ok(analysis) => Ok(Loaded::Analyzed(Box::new((entry, analysis)))),
         Err(rejection) => {
             let reason = rejection.to_string();
             tracing::info!(reason = %reason, "rejected: moved to the failed list");
-            let outcome = match store.fail_spool_entry(id, &reason)? {
+            Ok(Loaded::Done(match store.fail_spool_entry(id, &reason)? {
                 Some(failed) => Outcome::Failed { failed, reason },
                 None => Outcome::AlreadyProcessed,
-            };
-            return Ok(Processed {
-                spool_id: id,
-                outcome,
-            });
+            }))
         }
-    };
+    }
+}
 
+/// A message ready for its commit.
+struct Ready {
+    id: SpoolId,
+    delivery: Delivery,
+    meta: ReadyMeta,
+}
+
+/// What turns the store's [`CommitOutcome`] into an [`Outcome`].
+struct ReadyMeta {
+    flags: Vec<MessageFlag>,
+    orphan: bool,
+    quarantined: bool,
+}
+
+/// Decide the thread, classify, route, and build the delivery.
+fn prepare(
+    store: &Store,
+    settings: &Settings,
+    id: SpoolId,
+    entry: SpoolEntry,
+    analysis: Analysis,
+) -> Result<Ready, PipelineError> {
     let (decision, flags) = decide(store, &analysis)?;
     let classification = match &settings.filter {
         Some(filter) => {
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let c = filter.classify(store, &entry.raw)?;
             metrics::histogram!(metric_names::CLASSIFY_SECONDS)
                 .record(started.elapsed().as_secs_f64());
@@ -313,57 +487,101 @@ fn process_entry_inner(
     let quarantined = matches!(decision, ThreadDecision::Quarantine { .. });
     let mut delivery = analysis.into_delivery(entry.raw, entry.envelope, decision, flags.clone());
     delivery.classification = classification;
-    let outcome = match store.commit_message(id, delivery)? {
-        CommitOutcome::AlreadyProcessed => Outcome::AlreadyProcessed,
-        CommitOutcome::Stored {
-            ticket: Some(ticket),
-            message,
-            new_ticket: true,
-        } => Outcome::NewTicket {
-            ticket,
-            message,
+    Ok(Ready {
+        id,
+        delivery,
+        meta: ReadyMeta {
             flags,
+            orphan,
+            quarantined,
         },
-        CommitOutcome::Stored {
-            ticket: Some(ticket),
-            message,
-            new_ticket: false,
-        } => Outcome::Appended {
-            ticket,
-            message,
-            flags,
-        },
-        CommitOutcome::Stored {
-            ticket: None,
-            message,
-            ..
-        } => {
-            if quarantined {
-                Outcome::Quarantined { message, flags }
-            } else {
-                if !orphan {
-                    tracing::warn!("store kept a message without a ticket that was not an orphan");
-                }
-                Outcome::Orphan { message, flags }
-            }
-        }
-    };
-    match &outcome {
-        Outcome::NewTicket { ticket, .. } => tracing::info!(ticket = ticket.0, "new ticket"),
-        Outcome::Appended { ticket, .. } => tracing::info!(ticket = ticket.0, "appended"),
-        Outcome::Orphan { .. } => tracing::info!("kept as orphan"),
-        Outcome::Quarantined { .. } => tracing::info!("quarantined as spam"),
-        _ => tracing::debug!("already processed"),
-    }
-    Ok(Processed {
-        spool_id: id,
-        outcome,
     })
 }
 
-/// Process every pending spool entry synchronously, oldest first, calling `progress` after each
-/// one (used by `mailroom ingest` when no server runs). Entries appended while it runs are
-/// processed too.
+impl ReadyMeta {
+    fn outcome(self, committed: CommitOutcome) -> Outcome {
+        let ReadyMeta {
+            flags,
+            orphan,
+            quarantined,
+        } = self;
+        match committed {
+            CommitOutcome::AlreadyProcessed => Outcome::AlreadyProcessed,
+            CommitOutcome::Stored {
+                ticket: Some(ticket),
+                message,
+                new_ticket: true,
+            } => Outcome::NewTicket {
+                ticket,
+                message,
+                flags,
+            },
+            CommitOutcome::Stored {
+                ticket: Some(ticket),
+                message,
+                new_ticket: false,
+            } => Outcome::Appended {
+                ticket,
+                message,
+                flags,
+            },
+            CommitOutcome::Stored {
+                ticket: None,
+                message,
+                ..
+            } => {
+                if quarantined {
+                    Outcome::Quarantined { message, flags }
+                } else {
+                    if !orphan {
+                        tracing::warn!(
+                            "store kept a message without a ticket that was not an orphan"
+                        );
+                    }
+                    Outcome::Orphan { message, flags }
+                }
+            }
+        }
+    }
+}
+
+/// Log and count what became of an entry.
+fn finish(store: &Store, id: SpoolId, outcome: Outcome, started: Instant) -> Processed {
+    let label = match &outcome {
+        Outcome::NewTicket { ticket, .. } => {
+            tracing::info!(ticket = ticket.0, "new ticket");
+            "new_ticket"
+        }
+        Outcome::Appended { ticket, .. } => {
+            tracing::info!(ticket = ticket.0, "appended");
+            "appended"
+        }
+        Outcome::Orphan { .. } => {
+            tracing::info!("kept as orphan");
+            "orphan"
+        }
+        Outcome::Quarantined { .. } => {
+            tracing::info!("quarantined as spam");
+            "quarantined"
+        }
+        Outcome::Failed { .. } => "failed",
+        Outcome::AlreadyProcessed => {
+            tracing::debug!("already processed");
+            "already_processed"
+        }
+    };
+    metrics::counter!(metric_names::MESSAGES, "outcome" => label).increment(1);
+    metrics::histogram!(metric_names::LATENCY).record(started.elapsed().as_secs_f64());
+    metrics::gauge!(metric_names::SPOOL_DEPTH).set(store.spool_len() as f64);
+    Processed {
+        spool_id: id,
+        outcome,
+    }
+}
+
+/// Process every pending spool entry synchronously, oldest first, in batches of [`MAX_BATCH`]
+/// ([`process_batch`]), calling `progress` after each one (used by `mailroom ingest` when no
+/// server runs). Entries appended while it runs are processed too.
 ///
 /// An error on one entry is logged and counted in [`DrainReport::errors`] (the entry stays in
 /// the spool); only a failure to list the spool ends the drain with an error.
@@ -383,16 +601,18 @@ pub fn drain(
         if pending.is_empty() {
             return Ok(report);
         }
-        for id in pending {
-            tried.insert(id);
-            match process_entry(store, id, settings) {
-                Ok(processed) => {
-                    report.add(&processed.outcome);
-                    progress(&processed);
-                }
-                Err(e) => {
-                    tracing::error!(spool_id = id.0, error = %e, "processing failed; entry kept");
-                    report.errors += 1;
+        tried.extend(pending.iter().copied());
+        for ids in pending.chunks(MAX_BATCH) {
+            for (id, result) in process_batch(store, ids, settings) {
+                match result {
+                    Ok(processed) => {
+                        report.add(&processed.outcome);
+                        progress(&processed);
+                    }
+                    Err(e) => {
+                        tracing::error!(spool_id = id.0, error = %e, "processing failed; entry kept");
+                        report.errors += 1;
+                    }
                 }
             }
         }

@@ -1349,6 +1349,143 @@ mod store {
         assert!(matches!(p.outcome, Outcome::NewTicket { .. }), "{p:?}");
     }
 
+    /// Results of `process_batch`, in the order of `ids`.
+    fn batch(store: &Store, ids: &[SpoolId]) -> Vec<Outcome> {
+        let mut results = crate::process_batch(store, ids, &Settings::default());
+        assert_eq!(results.len(), ids.len(), "one result per id");
+        ids.iter()
+            .map(|id| {
+                let at = results.iter().position(|(r, _)| r == id).expect("result");
+                results.remove(at).1.unwrap().outcome
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batch_commits_independent_messages_together() {
+        let (_d, store) = open();
+        let ids: Vec<SpoolId> = (0..4)
+            .map(|i| {
+                let from = format!("b{i}@example.com");
+                spool(
+                    &store,
+                    &from,
+                    &mail(&from, &format!("b{i}@example.com"), "b", ""),
+                )
+            })
+            .collect();
+        let flushes = store.flush_count();
+        let outcomes = batch(&store, &ids);
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, Outcome::NewTicket { .. })),
+            "{outcomes:?}"
+        );
+        assert_eq!(store.flush_count() - flushes, 1, "one commit for all four");
+        assert_eq!(store.spool_len(), 0);
+    }
+
+    #[test]
+    fn batch_threads_a_reply_to_a_message_in_the_same_batch() {
+        let (_d, store) = open();
+        let first = spool(
+            &store,
+            "alice@example.com",
+            &mail("alice@example.com", "c1@example.com", "Printer", ""),
+        );
+        let other = spool(
+            &store,
+            "bob@example.com",
+            &mail("bob@example.com", "c2@example.com", "Scanner", ""),
+        );
+        let reply = spool(
+            &store,
+            "alice@example.com",
+            &mail(
+                "alice@example.com",
+                "c3@example.com",
+                "Re: Printer",
+                "In-Reply-To: <c1@example.com>\r\n",
+            ),
+        );
+        // The same message delivered twice goes with its first copy.
+        let again = spool(
+            &store,
+            "bob@example.com",
+            &mail("bob@example.com", "c2@example.com", "Scanner", ""),
+        );
+        let outcomes = batch(&store, &[first, other, reply, again]);
+        let Outcome::NewTicket { ticket: t1, .. } = outcomes[0] else {
+            panic!("{outcomes:?}");
+        };
+        let Outcome::NewTicket { ticket: t2, .. } = outcomes[1] else {
+            panic!("{outcomes:?}");
+        };
+        assert!(
+            matches!(&outcomes[2], Outcome::Appended { ticket, flags, .. } if *ticket == t1 && flags.is_empty()),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(&outcomes[3], Outcome::Appended { ticket, .. } if *ticket == t2),
+            "{outcomes:?}"
+        );
+        assert_eq!(store.tickets().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn batch_tag_waits_for_the_tickets_the_batch_opens() {
+        let (_d, store) = open();
+        let first = spool(
+            &store,
+            "alice@example.com",
+            &mail("alice@example.com", "d1@example.com", "Printer", ""),
+        );
+        // Ticket 1 is what the first message opens: the tag can only be checked after it.
+        let tagged = spool(
+            &store,
+            "alice@example.com",
+            &mail(
+                "alice@example.com",
+                "d2@example.com",
+                "Re: [#1] Printer",
+                "",
+            ),
+        );
+        let outcomes = batch(&store, &[first, tagged]);
+        let Outcome::NewTicket { ticket, .. } = outcomes[0] else {
+            panic!("{outcomes:?}");
+        };
+        assert_eq!(ticket, TicketId(1));
+        assert!(
+            matches!(&outcomes[1], Outcome::Appended { ticket, .. } if *ticket == TicketId(1)),
+            "{outcomes:?}"
+        );
+    }
+
+    #[test]
+    fn batch_reports_every_entry_also_failed_and_gone_ones() {
+        let (_d, store) = open();
+        let good = spool(
+            &store,
+            "e@example.com",
+            &mail("e@example.com", "e1@example.com", "fine", ""),
+        );
+        let garbage = spool(&store, "e@example.com", "\u{0}\u{1}\u{2}");
+        let missing = SpoolId(987_654);
+        let outcomes = batch(&store, &[good, garbage, missing]);
+        assert!(
+            matches!(outcomes[0], Outcome::NewTicket { .. }),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(outcomes[1], Outcome::Failed { .. }),
+            "{outcomes:?}"
+        );
+        assert_eq!(outcomes[2], Outcome::AlreadyProcessed);
+        assert_eq!(store.spool_len(), 0);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn workers_process_and_stop() {
         let (_d, store) = open();
@@ -1382,6 +1519,27 @@ mod store {
                 "workers did not drain the spool"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // They ran on their own threads, at a lower CPU priority than accepting mail.
+        #[cfg(target_os = "linux")]
+        {
+            let mut niced = 0;
+            for task in std::fs::read_dir("/proc/self/task").unwrap() {
+                let task = task.unwrap().path();
+                let Ok(comm) = std::fs::read_to_string(task.join("comm")) else {
+                    continue;
+                };
+                if !comm.starts_with("mailroom-pipeli") {
+                    continue;
+                }
+                let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+                // Field 19 (nice), counted after the ")" that ends the name.
+                let after = &stat[stat.rfind(')').unwrap() + 2..];
+                let nice: i32 = after.split(' ').nth(16).unwrap().parse().unwrap();
+                assert_eq!(nice, 10, "{comm}: {stat}");
+                niced += 1;
+            }
+            assert_eq!(niced, 3, "one thread per worker");
         }
         tx.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(10), handle)

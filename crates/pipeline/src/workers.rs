@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use mailroom_spool::SpoolId;
 use mailroom_store::Store;
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::time::Instant;
 
-use crate::{process_entry, Outcome, PipelineError, Processed, Settings};
+use crate::{process_batch, Outcome, PipelineError, Processed, Settings, MAX_BATCH};
 
 /// How often the dispatcher looks at the spool even without a notification.
 const RECHECK: Duration = Duration::from_secs(2);
@@ -18,6 +18,8 @@ const RECHECK: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest retry delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How long a worker waits for more entries to commit with the first one it took.
+const BATCH_WAIT: Duration = Duration::from_millis(10);
 
 static PROCESSED: AtomicU64 = AtomicU64::new(0);
 static FAILED: AtomicU64 = AtomicU64::new(0);
@@ -57,8 +59,10 @@ struct Retry {
 ///
 /// One dispatcher lists the spool ([`Store::spool_pending`], at start too, so entries left by
 /// a crash are picked up), tracks the ids in flight so that no entry is processed twice at
-/// once, and hands ids over a bounded channel to `workers` tasks, each of which runs
-/// [`process_entry`] in [`tokio::task::spawn_blocking`]. When idle it waits for
+/// once, and hands ids over a bounded channel to `workers` tasks. Each takes a batch (the first
+/// id and what else arrives within 10 ms, up to [`MAX_BATCH`]) and runs
+/// [`process_batch`] on it in [`tokio::task::spawn_blocking`]: one store transaction and one
+/// flush for the batch. When idle it waits for
 /// [`Store::spool_notify`], and looks again every 2 s anyway. An entry whose processing fails
 /// stays in the spool and is retried with exponential backoff (1 s doubling to 5 min); errors
 /// are logged with the spool id only. On shutdown no new entry is started; the ones being
@@ -70,10 +74,12 @@ pub async fn run_workers(
     shutdown: watch::Receiver<bool>,
 ) {
     let workers = workers.max(1);
-    let (work_tx, work_rx) = mpsc::channel::<SpoolId>(workers);
+    // Room for a full batch per worker, so that a worker gathering one finds it queued.
+    let (work_tx, work_rx) = mpsc::channel::<SpoolId>(workers * MAX_BATCH);
     let work_rx = Arc::new(Mutex::new(work_rx));
-    // Each worker reports each id it took exactly once; at most `2 * workers` ids are out.
-    let (done_tx, done_rx) = mpsc::channel::<(SpoolId, bool)>(workers * 2 + 1);
+    // Each worker reports each id it took exactly once; at most `2 * workers * MAX_BATCH` ids
+    // are out (queued or in a worker's batch).
+    let (done_tx, done_rx) = mpsc::channel::<(SpoolId, bool)>(workers * MAX_BATCH * 2 + 1);
 
     let mut handles = Vec::with_capacity(workers);
     for n in 0..workers {
@@ -247,59 +253,198 @@ async fn worker(
     done_tx: mpsc::Sender<(SpoolId, bool)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let thread = match BatchThread::start(n, store) {
+        Ok(thread) => thread,
+        Err(e) => {
+            tracing::error!(worker = n, error = %e, "cannot start a pipeline thread");
+            return;
+        }
+    };
     loop {
         if stopping(&shutdown) {
             break;
         }
-        let next = {
+        let batch = {
             let mut rx = work_rx.lock().await;
-            tokio::select! {
+            let first = tokio::select! {
                 biased;
                 _ = shutdown.changed() => None,
                 id = rx.recv() => id,
+            };
+            match first {
+                Some(id) => Some(gather(id, &mut rx, &mut shutdown).await),
+                None => None,
             }
         };
-        let Some(id) = next else {
+        let Some(batch) = batch else {
             if stopping(&shutdown) || work_rx.lock().await.is_closed() {
                 break;
             }
             continue;
         };
         if stopping(&shutdown) {
-            // Not started: it stays in the spool for the next start.
-            let _ = done_tx.send((id, true)).await;
+            // Not started: they stay in the spool for the next start.
+            for id in batch {
+                let _ = done_tx.send((id, true)).await;
+            }
             break;
         }
-        let result = {
-            let store = store.clone();
-            // The settings in force now: a config reload applies to the next message.
-            let settings = settings.borrow().clone();
-            tokio::task::spawn_blocking(move || process_entry(&store, id, &settings)).await
-        };
-        let ok = match result {
-            Ok(Ok(processed)) => {
-                count(&processed);
-                true
-            }
-            Ok(Err(e)) => {
-                ERRORS.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(worker = n, spool_id = id.0, error = %e, "processing failed");
-                false
-            }
+        // The settings in force now: a config reload applies to the next batch.
+        let current = settings.borrow().clone();
+        let results = thread.run(batch.clone(), current).await;
+        let reports: Vec<(SpoolId, bool)> = match results {
+            Ok(results) => results
+                .into_iter()
+                .map(|(id, result)| match result {
+                    Ok(processed) => {
+                        count(&processed);
+                        (id, true)
+                    }
+                    Err(e) => {
+                        ERRORS.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(worker = n, spool_id = id.0, error = %e, "processing failed");
+                        (id, false)
+                    }
+                })
+                .collect(),
             Err(e) => {
-                ERRORS.fetch_add(1, Ordering::Relaxed);
-                let e = PipelineError::Worker(e.to_string());
-                tracing::error!(worker = n, spool_id = id.0, error = %e, "processing failed");
-                false
+                let e = PipelineError::Worker(e);
+                batch
+                    .into_iter()
+                    .map(|id| {
+                        ERRORS.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(worker = n, spool_id = id.0, error = %e, "processing failed");
+                        (id, false)
+                    })
+                    .collect()
             }
         };
-        if done_tx.send((id, ok)).await.is_err() {
-            // The dispatcher is gone (shutting down); nothing to report to.
-            if stopping(&shutdown) {
+        for report in reports {
+            if done_tx.send(report).await.is_err() {
+                // The dispatcher is gone (shutting down); nothing to report to.
                 break;
             }
         }
     }
+}
+
+/// What a [`BatchThread`] answers: each id's result, or why the batch did not run.
+type BatchResults = Result<Vec<(SpoolId, Result<Processed, PipelineError>)>, String>;
+type Job = (Vec<SpoolId>, Arc<Settings>, oneshot::Sender<BatchResults>);
+
+/// The thread that runs one worker's batches, at a lower CPU priority ([`PIPELINE_NICE`]).
+///
+/// Accepting mail (SMTP sessions, the store's flusher) keeps the normal priority, so that under
+/// load a sender is answered first and the pipeline takes the CPU time that is left; its backlog
+/// stays in the spool, which is bounded (`store.spool_max_entries`, then `451 4.3.2`). A thread
+/// of its own, because a niced thread of tokio's blocking pool would stay niced for whatever
+/// else runs there later (API requests, the control socket), and only a privileged process may
+/// lower the value again.
+struct BatchThread {
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BatchThread {
+    fn start(n: usize, store: Store) -> std::io::Result<BatchThread> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let handle = std::thread::Builder::new()
+            .name(format!("mailroom-pipeline-{n}"))
+            .spawn(move || {
+                lower_priority();
+                for (ids, settings, reply) in rx {
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        process_batch(&store, &ids, &settings)
+                    }));
+                    let _ = reply.send(ran.map_err(|panic| {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        format!("panicked: {what}")
+                    }));
+                }
+            })?;
+        Ok(BatchThread {
+            jobs: Some(jobs),
+            handle: Some(handle),
+        })
+    }
+
+    /// Run [`process_batch`] on the thread; resolves when it is done.
+    async fn run(&self, ids: Vec<SpoolId>, settings: Arc<Settings>) -> BatchResults {
+        let (reply, answer) = oneshot::channel();
+        let sent = self
+            .jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.send((ids, settings, reply)).is_ok());
+        if !sent {
+            return Err("the pipeline thread is gone".into());
+        }
+        answer
+            .await
+            .map_err(|_| "the pipeline thread is gone".to_string())?
+    }
+}
+
+impl Drop for BatchThread {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's loop; no batch is running (`run` awaits each).
+        drop(self.jobs.take());
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The nice value of the pipeline threads (0 is normal, 19 the lowest priority).
+const PIPELINE_NICE: i32 = 10;
+
+/// Give the calling thread the nice value [`PIPELINE_NICE`] (Linux sets it per thread).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
+        let failed = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, PIPELINE_NICE) != 0
+        };
+        if failed {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "cannot lower the pipeline thread's priority"
+            );
+        }
+    }
+}
+
+/// A batch for one worker: `first`, and what else arrives within [`BATCH_WAIT`] of it, up to
+/// [`MAX_BATCH`] ids. Under load the ids are already queued and the batch fills at once; a
+/// lone message waits [`BATCH_WAIT`] at most.
+async fn gather(
+    first: SpoolId,
+    rx: &mut mpsc::Receiver<SpoolId>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Vec<SpoolId> {
+    let mut batch = vec![first];
+    let deadline = Instant::now() + BATCH_WAIT;
+    while batch.len() < MAX_BATCH {
+        if let Ok(id) = rx.try_recv() {
+            batch.push(id);
+            continue;
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            next = tokio::time::timeout_at(deadline, rx.recv()) => match next {
+                Ok(Some(id)) => batch.push(id),
+                // The wait is over, or no more work comes.
+                Ok(None) | Err(_) => break,
+            },
+        }
+    }
+    batch
 }
 
 fn count(processed: &Processed) {
