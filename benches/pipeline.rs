@@ -59,26 +59,29 @@ fn bench(c: &mut Criterion) {
     // The workers' group commit: MAX_BATCH messages, one transaction and one flush.
     let mut group = c.benchmark_group("pipeline-batch");
     group.throughput(Throughput::Elements(MAX_BATCH as u64));
-    group.bench_function("spool+parse+classify+ticket (batch of 32, one flush)", |b| {
-        b.iter_batched(
-            || {
-                (0..MAX_BATCH)
-                    .map(|_| {
-                        i = (i + 1) % messages.len();
-                        store
-                            .spool_append_blocking(envelope(), messages[i].clone())
-                            .expect("spool")
-                    })
-                    .collect::<Vec<_>>()
-            },
-            |ids| {
-                for (_, r) in process_batch(&store, &ids, &settings) {
-                    r.expect("process");
-                }
-            },
-            BatchSize::SmallInput,
-        )
-    });
+    group.bench_function(
+        "spool+parse+classify+ticket (batch of 32, one flush)",
+        |b| {
+            b.iter_batched(
+                || {
+                    (0..MAX_BATCH)
+                        .map(|_| {
+                            i = (i + 1) % messages.len();
+                            store
+                                .spool_append_blocking(envelope(), messages[i].clone())
+                                .expect("spool")
+                        })
+                        .collect::<Vec<_>>()
+                },
+                |ids| {
+                    for (_, r) in process_batch(&store, &ids, &settings) {
+                        r.expect("process");
+                    }
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
     group.finish();
 
     let mut group = c.benchmark_group("parse");

@@ -263,7 +263,7 @@ pub fn process_entry(
 /// At most this many messages are committed in one transaction by [`process_batch`].
 pub const MAX_BATCH: usize = 32;
 /// A batch is committed before its messages' raw bytes would exceed this.
-const MAX_BATCH_BYTES: usize = 8 << 20;
+const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// [`process_entry`] for several entries, with one store transaction and one flush for all of
 /// them (group commit) instead of one each: that is most of what a message costs the store.

@@ -1387,6 +1387,29 @@ mod store {
     }
 
     #[test]
+    fn batch_stops_at_its_byte_bound() {
+        let (_d, store) = open();
+        // Three messages of ~400 KB: two fit in 1 MiB, the third starts a second commit.
+        let body = "0123456789 abcdefghij ".repeat(18_000) + "\r\n";
+        let ids: Vec<SpoolId> = (0..3)
+            .map(|i| {
+                let from = format!("big{i}@example.com");
+                let raw = mail(&from, &format!("big{i}@example.com"), "big", "") + &body;
+                spool(&store, &from, &raw)
+            })
+            .collect();
+        let flushes = store.flush_count();
+        let outcomes = batch(&store, &ids);
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, Outcome::NewTicket { .. })),
+            "{outcomes:?}"
+        );
+        assert_eq!(store.flush_count() - flushes, 2, "two commits");
+    }
+
+    #[test]
     fn batch_threads_a_reply_to_a_message_in_the_same_batch() {
         let (_d, store) = open();
         let first = spool(
