@@ -61,8 +61,8 @@ struct Retry {
 /// a crash are picked up), tracks the ids in flight so that no entry is processed twice at
 /// once, and hands ids over a bounded channel to `workers` tasks. Each takes a batch (the first
 /// id and what else arrives within 10 ms, up to [`MAX_BATCH`]) and runs
-/// [`process_batch`] on it in [`tokio::task::spawn_blocking`]: one store transaction and one
-/// flush for the batch. When idle it waits for
+/// [`process_batch`] on it, on a thread of its own at a lower CPU priority: one store
+/// transaction and one flush for the batch. When idle it waits for
 /// [`Store::spool_notify`], and looks again every 2 s anyway. An entry whose processing fails
 /// stays in the spool and is retried with exponential backoff (1 s doubling to 5 min); errors
 /// are logged with the spool id only. On shutdown no new entry is started; the ones being
@@ -390,7 +390,9 @@ impl BatchThread {
 
 impl Drop for BatchThread {
     fn drop(&mut self) {
-        // Closing the channel ends the thread's loop; no batch is running (`run` awaits each).
+        // Closing the channel ends the thread's loop. A batch still running (the worker's
+        // future was dropped while awaiting it) is finished first, and with it the thread's
+        // hold on the store.
         drop(self.jobs.take());
         if let Some(handle) = self.handle.take() {
             let _ = handle.join();
