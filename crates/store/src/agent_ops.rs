@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{IVec, Transactional};
 
-use crate::commit::{fail, replan, Abort, MAX_PLANS};
+use crate::commit::{fail, open_ticket, replan, Abort, MAX_PLANS};
 use crate::crypto::{self, KeyRef};
 use crate::filter::TrainOutcome;
 use crate::keys::now_secs;
@@ -509,27 +509,6 @@ impl Store {
                                 (tk, false)
                             }
                             None => {
-                                let tk =
-                                    match meta_tree.get(crate::records::meta_key::NEXT_TICKET)? {
-                                        Some(v) => from_be(&v).map_err(fail)?,
-                                        None => 1,
-                                    };
-                                meta_tree
-                                    .insert(crate::records::meta_key::NEXT_TICKET, &be(tk + 1))?;
-                                let sealed = crypto::seal(
-                                    &key,
-                                    KeyRef::Person(contact),
-                                    tree::TICKETS,
-                                    &be(tk),
-                                    &frame(
-                                        &TicketSecret {
-                                            subject: subject.clone(),
-                                        },
-                                        &[],
-                                    )
-                                    .map_err(fail)?,
-                                )
-                                .map_err(fail)?;
                                 let tm = TicketMeta {
                                     requester: contact,
                                     status: TicketStatus::Open,
@@ -542,7 +521,7 @@ impl Store {
                                     closed_at: None,
                                     closed_by: None,
                                 };
-                                tickets.insert(&be(tk), frame(&tm, &sealed).map_err(fail)?)?;
+                                let tk = open_ticket(meta_tree, tickets, &key, &subject, &tm)?;
                                 participants.insert(&be2(tk, contact), &[][..])?;
                                 (tk, true)
                             }

@@ -514,25 +514,6 @@ fn apply(
     // Ticket.
     let (ticket, new_ticket) = match &d.thread {
         ThreadDecision::New { subject } => {
-            let id = match meta.get(meta_key::NEXT_TICKET)? {
-                Some(v) => from_be(&v).map_err(fail)?,
-                None => 1,
-            };
-            meta.insert(meta_key::NEXT_TICKET, &be(id + 1))?;
-            let sealed = crypto::seal(
-                &p.key,
-                KeyRef::Person(p.contact),
-                tree::TICKETS,
-                &be(id),
-                &frame(
-                    &TicketSecret {
-                        subject: subject.clone(),
-                    },
-                    &[],
-                )
-                .map_err(fail)?,
-            )
-            .map_err(fail)?;
             let record = TicketMeta {
                 requester: p.contact,
                 status: TicketStatus::Open,
@@ -545,7 +526,7 @@ fn apply(
                 closed_at: None,
                 closed_by: None,
             };
-            tickets.insert(&be(id), frame(&record, &sealed).map_err(fail)?)?;
+            let id = open_ticket(meta, tickets, &p.key, subject, &record)?;
             (Some(id), true)
         }
         ThreadDecision::Existing(TicketId(id)) => {
@@ -647,4 +628,33 @@ fn apply(
         removed,
         kept_existing,
     ))
+}
+
+/// Open a ticket inside a transaction: take the next ticket number, seal `subject` under the
+/// requester's key `key` and insert `record` (whose `requester` owns `key`). Returns the number.
+pub(crate) fn open_ticket(
+    meta: &TransactionalTree,
+    tickets: &TransactionalTree,
+    key: &KeyBytes,
+    subject: &str,
+    record: &TicketMeta,
+) -> TxResult<u64> {
+    let id = match meta.get(meta_key::NEXT_TICKET)? {
+        Some(v) => from_be(&v).map_err(fail)?,
+        None => 1,
+    };
+    meta.insert(meta_key::NEXT_TICKET, &be(id + 1))?;
+    let secret = TicketSecret {
+        subject: subject.to_string(),
+    };
+    let sealed = crypto::seal(
+        key,
+        KeyRef::Person(record.requester),
+        tree::TICKETS,
+        &be(id),
+        &frame(&secret, &[]).map_err(fail)?,
+    )
+    .map_err(fail)?;
+    tickets.insert(&be(id), frame(record, &sealed).map_err(fail)?)?;
+    Ok(id)
 }
