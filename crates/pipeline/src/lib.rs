@@ -245,19 +245,13 @@ pub fn process_entry(
     id: SpoolId,
     settings: &Settings,
 ) -> Result<Processed, PipelineError> {
-    let span = tracing::info_span!("message", spool_id = id.0);
-    let _enter = span.enter();
-    let started = Instant::now();
-    let outcome = match load(store, id, &settings.limits)? {
-        Loaded::Done(outcome) => outcome,
-        Loaded::Analyzed(analyzed) => {
-            let (entry, analysis) = *analyzed;
-            let ready = prepare(store, settings, id, entry, analysis)?;
-            let committed = store.commit_message(id, ready.delivery)?;
-            ready.meta.outcome(committed)
-        }
-    };
-    Ok(finish(store, id, outcome, started))
+    // A batch of one: the same steps, and `commit_message` for the commit.
+    match process_batch(store, &[id], settings).pop() {
+        Some((_, result)) => result,
+        None => Err(PipelineError::Worker(format!(
+            "no result for spool entry {id}"
+        ))),
+    }
 }
 
 /// At most this many messages are committed in one transaction by [`process_batch`].
@@ -348,8 +342,7 @@ impl Batch {
         store: &Store,
         results: &mut Vec<(SpoolId, Result<Processed, PipelineError>)>,
     ) {
-        let ready = std::mem::take(&mut self.ready);
-        *self = Batch::default();
+        let ready = std::mem::take(self).ready;
         if ready.is_empty() {
             return;
         }
